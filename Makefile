@@ -1,0 +1,49 @@
+# The two commands a new user runs (README.md): `make run` and `make test`.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA ?= var
+# Debian packages the tests drive as real clients and peers.
+TEST_PACKAGES := swaks openssl
+BENCH_PACKAGES := postfix dovecot-core dovecot-lmtpd
+
+.PHONY: run test lint bench dist-clean
+
+run: $(VENV)/.installed
+	$(BIN)/appliance --data $(DATA) serve --dev
+
+test: $(VENV)/.installed
+	@$(MAKE) --no-print-directory debian-packages PACKAGES="$(TEST_PACKAGES)"
+	$(BIN)/ruff check appliance tests bench
+	$(BIN)/ruff format --check appliance tests
+	$(BIN)/pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check --fix appliance tests bench
+	$(BIN)/ruff format appliance tests
+
+bench: $(VENV)/.installed
+	@$(MAKE) --no-print-directory debian-packages PACKAGES="$(BENCH_PACKAGES)"
+	$(PYTHON) bench/smtp_inbound
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
+		$(MAKE) --no-print-directory debian-packages PACKAGES="python3-venv python3-pip"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --editable '.[test]'
+	touch $@
+
+# Installs what is missing when run as root; otherwise says what to install.
+debian-packages:
+	@missing=""; for p in $(PACKAGES); do \
+		dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+		echo "missing Debian packages:$$missing (tests that need them are skipped)"; exit 0; fi; \
+	echo "installing Debian packages:$$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null
+
+dist-clean:
+	rm -rf $(VENV) $(DATA) .pytest_cache

@@ -1,0 +1,200 @@
+"""The `appliance` command: serve, and manage domains, accounts and aliases.
+
+Every command takes the data directory from --data or APPLIANCE_DATA. Bad
+input gets one line on stderr and exit code 1, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Callable
+
+from appliance import __version__, config
+from appliance.addresses import (
+    AddressError,
+    normalize_address,
+    normalize_alias_source,
+    normalize_domain,
+)
+from appliance.passwords import WeakPassword, hash_password
+from appliance.store import StoreError, Transaction, open_store
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="appliance", description="A mail server for a small box.")
+    parser.add_argument("--version", action="version", version=f"appliance {__version__}")
+    parser.add_argument(
+        "--data", metavar="DIR", help="data directory (default: $APPLIANCE_DATA or ./var)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser("serve", help="run the mail server")
+    serve.add_argument("--dev", action="store_true", help="listen on loopback dev ports")
+    serve.set_defaults(run=_serve)
+
+    domain = commands.add_parser("domain", help="manage mail domains").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    p = domain.add_parser("add", help="add a domain")
+    p.add_argument("name")
+    p.set_defaults(run=_domain_add)
+    domain.add_parser("list", help="list domains").set_defaults(run=_domain_list)
+    p = domain.add_parser("remove", help="remove a domain that has no accounts")
+    p.add_argument("name")
+    p.set_defaults(run=_domain_remove)
+
+    user = commands.add_parser("user", help="manage accounts").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    for action, run, doc in (
+        ("add", _user_add, "add an account"),
+        ("passwd", _user_passwd, "set an account's password"),
+    ):
+        p = user.add_parser(action, help=doc)
+        p.add_argument("address")
+        p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+        p.set_defaults(run=run)
+    user.add_parser("list", help="list accounts").set_defaults(run=_user_list)
+    p = user.add_parser("remove", help="remove an account and its mail")
+    p.add_argument("address")
+    p.set_defaults(run=_user_remove)
+
+    alias = commands.add_parser("alias", help="manage aliases").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    p = alias.add_parser("add", help="add an alias (SOURCE may be @domain: catch-all)")
+    p.add_argument("source")
+    p.add_argument("targets", nargs="+", metavar="target")
+    p.set_defaults(run=_alias_add)
+    alias.add_parser("list", help="list aliases").set_defaults(run=_alias_list)
+    p = alias.add_parser("remove", help="remove an alias, or only some of its targets")
+    p.add_argument("source")
+    p.add_argument("targets", nargs="*", metavar="target")
+    p.set_defaults(run=_alias_remove)
+    return parser
+
+
+def _serve(args) -> int:
+    from appliance.service import serve  # the server's imports are not needed by the CLI
+
+    settings = config.load(config.data_dir_from(args.data), dev=args.dev)
+    return serve(settings)
+
+
+def _store_apply(args, operation: Callable[[Transaction], object]):
+    data_dir = config.data_dir_from(args.data)
+    store = open_store(data_dir, config.load(data_dir).store)
+    try:
+        return store.apply(operation)
+    finally:
+        store.close()
+
+
+def _read_password(args) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        if not sys.stdin.isatty():
+            raise UsageError("no terminal to ask for a password; use --password-stdin")
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            raise UsageError("the passwords differ")
+    return password
+
+
+def _domain_add(args) -> int:
+    name = normalize_domain(args.name)
+    _store_apply(args, lambda txn: txn.add_domain(name))
+    print(f"added domain {name}")
+    return 0
+
+
+def _domain_list(args) -> int:
+    for domain in _store_apply(args, Transaction.domains):
+        print(domain.name)
+    return 0
+
+
+def _domain_remove(args) -> int:
+    name = normalize_domain(args.name)
+    _store_apply(args, lambda txn: txn.remove_domain(name))
+    print(f"removed domain {name}")
+    return 0
+
+
+def _user_add(args) -> int:
+    address = normalize_address(args.address)
+    password_hash = hash_password(_read_password(args))
+    _store_apply(args, lambda txn: txn.add_account(address, password_hash))
+    print(f"added account {address}")
+    return 0
+
+
+def _user_passwd(args) -> int:
+    address = normalize_address(args.address)
+    password_hash = hash_password(_read_password(args))
+    _store_apply(args, lambda txn: txn.set_password(address, password_hash))
+    print(f"password changed for {address}")
+    return 0
+
+
+def _user_list(args) -> int:
+    for account in _store_apply(args, Transaction.accounts):
+        print(account.address)
+    return 0
+
+
+def _user_remove(args) -> int:
+    address = normalize_address(args.address)
+    _store_apply(args, lambda txn: txn.remove_account(address))
+    print(f"removed account {address} and its mail")
+    return 0
+
+
+def _alias_add(args) -> int:
+    source = normalize_alias_source(args.source)
+    targets = [normalize_address(t) for t in args.targets]
+    alias = _store_apply(args, lambda txn: txn.add_alias(source, targets))
+    print(f"alias {alias.source} -> {', '.join(alias.targets)}")
+    return 0
+
+
+def _alias_list(args) -> int:
+    for alias in _store_apply(args, Transaction.aliases):
+        print(f"{alias.source} -> {', '.join(alias.targets)}")
+    return 0
+
+
+def _alias_remove(args) -> int:
+    source = normalize_alias_source(args.source)
+    targets = [normalize_address(t) for t in args.targets]
+    _store_apply(args, lambda txn: txn.remove_alias(source, targets))
+    print(f"removed alias {source}" + (f" targets {', '.join(targets)}" if targets else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        return args.run(args)
+    except (UsageError, AddressError, WeakPassword, StoreError, config.ConfigError) as error:
+        print(f"appliance: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(
+            f"appliance: error: {error.strerror or error}: {error.filename or ''}", file=sys.stderr
+        )
+        return 1
+    except KeyboardInterrupt:
+        return 130

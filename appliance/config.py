@@ -1,0 +1,146 @@
+"""Settings of one box, read from DATA/appliance.toml.
+
+The file holds the machine's settings; domains, accounts and mail live in the
+store. Every limit and timeout has a named default here that is safe for a
+box on the internet; the file only needs what differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.smtp.protocol import Limits
+from appliance.store import StoreSettings
+
+CONFIG_NAME = "appliance.toml"
+DEFAULT_DATA_DIR = "./var"
+
+# Where a device listens when appliance.toml has no [listen] table.
+DEVICE_LISTEN = {"smtp": "0.0.0.0:25"}
+
+# `serve --dev`: loopback only, unprivileged ports (DESIGN.md).
+DEV_PORTS = {
+    "smtp": 2525,
+    "submission": 2587,
+    "submissions": 2465,
+    "imap": 2143,
+    "imaps": 2993,
+    "pop3": 2110,
+    "pop3s": 2995,
+    "http": 8080,
+    "https": 8443,
+}
+
+
+# SIGTERM lets sessions in the middle of a transaction finish this long:
+# enough for a large message on a slow link to end, short enough for a reboot.
+DEFAULT_SHUTDOWN_GRACE = 20.0
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SmtpSettings:
+    limits: Limits = field(default_factory=Limits)
+    # RFC 5321 4.5.3.2.7: a server waits at least 5 minutes for a command.
+    # It is also the time allowed to finish sending one command line, so a
+    # client that trickles bytes cannot hold a session open forever.
+    command_timeout: float = 300.0
+    # RFC 5321 4.5.3.2.5-6 ask for 3 and 10 minutes around data blocks; a
+    # message must arrive within this plus its size at min_data_rate.
+    data_timeout: float = 300.0
+    min_data_rate: float = 500.0  # bytes per second, as Postfix's smtpd_min_data_rate
+    max_connections: int = 200
+    # One address may not take every slot (Postfix's anvil default is 50).
+    max_connections_per_client: int = 20
+    # Plus-addressing: user+tag@domain reaches user@domain.
+    recipient_delimiter: str = "+"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path
+    hostname: str
+    listen: dict[str, tuple[str, int]]
+    dev: bool = False
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    tls_certificate: Path | None = None  # None: a self-signed one under data_dir/tls
+    tls_key: Path | None = None
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+
+
+def data_dir_from(option: str | None) -> Path:
+    return Path(option or os.environ.get("APPLIANCE_DATA") or DEFAULT_DATA_DIR)
+
+
+def parse_host_port(value: str, name: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"listen.{name}: expected host:port, got {value!r}")
+    host = host.removeprefix("[").removesuffix("]")  # "[::1]:25"
+    return host or "0.0.0.0", int(port)
+
+
+def _section(cls, table: dict, name: str, **fixed):
+    known = {f.name for f in dataclasses.fields(cls)} - set(fixed)
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"unknown setting {name}.{sorted(unknown)[0]}")
+    try:
+        return cls(**table, **fixed)
+    except TypeError as error:
+        raise ConfigError(f"{name}: {error}") from None
+
+
+def load(data_dir: Path, dev: bool = False) -> Settings:
+    """Read DATA/appliance.toml (absent is fine: all defaults) into Settings."""
+    path = data_dir / CONFIG_NAME
+    try:
+        document = tomllib.loads(path.read_text()) if path.exists() else {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: {error}") from None
+    smtp_table = dict(document.pop("smtp", {}))
+    limit_names = {f.name for f in dataclasses.fields(Limits)}
+    limits = _section(
+        Limits, {k: smtp_table.pop(k) for k in list(smtp_table) if k in limit_names}, "smtp"
+    )
+    smtp = _section(SmtpSettings, smtp_table, "smtp", limits=limits)
+    store = _section(StoreSettings, dict(document.pop("store", {})), "store")
+    tls = dict(document.pop("tls", {}))
+    if set(tls) - {"certificate", "key"}:
+        raise ConfigError(f"unknown setting tls.{sorted(set(tls) - {'certificate', 'key'})[0]}")
+    listen_table = document.pop("listen", None)
+    hostname = document.pop("hostname", None) or socket.getfqdn()
+    shutdown_grace = float(document.pop("shutdown_grace", DEFAULT_SHUTDOWN_GRACE))
+    if document:
+        raise ConfigError(f"{path}: unknown setting {sorted(document)[0]}")
+    if dev:
+        listen = {name: ("127.0.0.1", port) for name, port in DEV_PORTS.items()}
+        if listen_table:
+            listen.update({n: parse_host_port(v, n) for n, v in listen_table.items()})
+    else:
+        table = DEVICE_LISTEN if listen_table is None else listen_table
+        listen = {name: parse_host_port(value, name) for name, value in table.items()}
+    return Settings(
+        data_dir=data_dir,
+        hostname=hostname,
+        listen=listen,
+        dev=dev,
+        smtp=smtp,
+        store=store,
+        tls_certificate=_data_path(data_dir, tls.pop("certificate", None)),
+        tls_key=_data_path(data_dir, tls.pop("key", None)),
+        shutdown_grace=shutdown_grace,
+    )
+
+
+def _data_path(data_dir: Path, value: str | None) -> Path | None:
+    return None if value is None else data_dir / value

@@ -1,0 +1,367 @@
+"""Inbound SMTP sessions: the sans-IO core on an asyncio transport, with the store.
+
+One SmtpSession per connection. The transport's callbacks only queue bytes;
+a task per session feeds them to the core, answers its events (recipient
+lookups from the store, the message committed through the store's group
+commit) and writes the replies. A 250 after the message is sent only when the
+commit holding it is synced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import secrets
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from appliance.config import SmtpSettings
+from appliance.delivery.local import Refused, resolve
+from appliance.smtp.protocol import (
+    Hello,
+    MailFrom,
+    MessageReceived,
+    RcptTo,
+    Reply,
+    ServerConnection,
+    StartTLS,
+)
+from appliance.store import Store
+
+log = logging.getLogger(__name__)
+
+# Input waiting for the session task; past this, reading pauses until the
+# task catches up (the core bounds what it holds itself).
+MAX_PENDING_INPUT = 256 * 1024
+
+
+@dataclass(slots=True)
+class SmtpContext:
+    """What sessions share, swapped as a whole on reload (SIGHUP)."""
+
+    hostname: str
+    settings: SmtpSettings
+    store: Store
+    tls: ssl.SSLContext | None
+
+
+@dataclass(slots=True)
+class ConnectionCounter:
+    """Open sessions in total and per client address, for the connection limits."""
+
+    total: int = 0
+    per_client: Counter = field(default_factory=Counter)
+
+    def admit(self, client: str, settings: SmtpSettings) -> bool:
+        if self.total >= settings.max_connections:
+            return False
+        if self.per_client[client] >= settings.max_connections_per_client:
+            return False
+        self.total += 1
+        self.per_client[client] += 1
+        return True
+
+    def release(self, client: str) -> None:
+        self.total -= 1
+        self.per_client[client] -= 1
+        if self.per_client[client] <= 0:
+            del self.per_client[client]
+
+
+@dataclass(slots=True)
+class _Transaction:
+    """Where the accepted recipients of the current transaction go."""
+
+    accounts: dict[str, str] = field(default_factory=dict)  # account -> RCPT address
+    forwards: dict[str, None] = field(default_factory=dict)
+
+
+def new_message_id() -> str:
+    """A queue id for logs and Received: time-ordered, unique, short."""
+    return f"{time.time_ns() // 1000:X}{secrets.token_hex(3).upper()}"
+
+
+class SmtpSession(asyncio.Protocol):
+    def __init__(
+        self,
+        context: Callable[[], SmtpContext],
+        connections: ConnectionCounter,
+        sessions: set[SmtpSession],
+        implicit_tls: bool = False,
+    ):
+        self._context_source = context
+        self._context = context()
+        self._connections = connections
+        self._sessions = sessions
+        self._transport: asyncio.Transport | None = None
+        self._client = "unknown"
+        self._admitted = False
+        self._input: list[bytes] = []
+        self._input_size = 0
+        self._eof = False
+        self._wakeup = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._task: asyncio.Task | None = None
+        self._tls_active = implicit_tls
+        self._stopping = False
+        self._esmtp = False
+        self._smtputf8 = False
+        self.busy = False  # inside a transaction: SIGTERM lets it finish
+
+    # -- transport callbacks -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._client = peer[0] if peer else "unknown"
+        self._sessions.add(self)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def data_received(self, data: bytes) -> None:
+        self._input.append(data)
+        self._input_size += len(data)
+        if self._input_size > MAX_PENDING_INPUT:
+            self._transport.pause_reading()
+        self._wakeup.set()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wakeup.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._writable.set()
+        self._wakeup.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # -- the session -------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """SIGTERM: an idle session says 421 now, a busy one after its transaction."""
+        self._stopping = True
+        self._wakeup.set()
+
+    async def wait_closed(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    def abort(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _run(self) -> None:
+        ctx = self._context
+        conn = ServerConnection(
+            hostname=ctx.hostname,
+            limits=ctx.settings.limits,
+            tls_available=ctx.tls is not None,
+            tls_active=self._tls_active,
+        )
+        try:
+            if not self._connections.admit(self._client, ctx.settings):
+                conn.refuse(Reply(421, "4.7.0", f"{ctx.hostname} Error: too many connections"))
+                log.info("smtp refused client=%s reason=too-many-connections", self._client)
+            else:
+                self._admitted = True
+                conn.greet()
+            await self._serve(conn)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("smtp session failed client=%s", self._client)
+        finally:
+            if self._admitted:
+                self._connections.release(self._client)
+            self._sessions.discard(self)
+            if self._transport is not None:
+                self._transport.close()
+
+    async def _serve(self, conn: ServerConnection) -> None:
+        transaction = _Transaction()
+        phase_started = time.monotonic()
+        await self._flush(conn)
+        while not conn.closed:
+            if self._stopping and not self.busy:
+                conn.shutdown()
+                break
+            if not self._input and not self._eof:
+                deadline = self._deadline(conn, phase_started)
+                if not await self._wait_input(deadline):
+                    log.info("smtp timeout client=%s in_message=%s", self._client, conn.in_message)
+                    conn.timeout()
+                    break
+                continue
+            self._feed(conn)
+            wrote = False
+            while (event := conn.next_event()) is not None:
+                wrote = True
+                if isinstance(event, StartTLS):
+                    await self._start_tls(conn)
+                else:
+                    transaction = await self._answer(conn, event, transaction)
+            self.busy = conn.mail_from is not None or conn.in_message
+            output = conn.data_to_send()
+            if output or wrote:
+                phase_started = time.monotonic()
+            await self._write(output)
+        await self._flush(conn)
+
+    def _deadline(self, conn: ServerConnection, phase_started: float) -> float:
+        settings = self._context.settings
+        if conn.in_message:
+            # Generous for big messages on slow links, but a client trickling
+            # bytes runs out of time (Postfix's smtpd_min_data_rate).
+            allowance = conn.message_bytes_received / settings.min_data_rate
+            return phase_started + settings.data_timeout + allowance
+        return phase_started + settings.command_timeout
+
+    async def _wait_input(self, deadline: float) -> bool:
+        self._wakeup.clear()
+        if self._input or self._eof or self._stopping:
+            return True
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            return False
+        return True
+
+    def _feed(self, conn: ServerConnection) -> None:
+        chunks, self._input, self._input_size = self._input, [], 0
+        self._transport.resume_reading()
+        for chunk in chunks:
+            conn.receive_data(chunk)
+        if self._eof and not chunks:
+            conn.receive_data(b"")
+
+    async def _answer(self, conn: ServerConnection, event, transaction: _Transaction):
+        ctx = self._context
+        if isinstance(event, Hello):
+            self._esmtp = event.verb == "EHLO"
+            conn.respond(None)
+            return transaction
+        if isinstance(event, MailFrom):
+            self._smtputf8 = event.smtputf8
+            conn.respond(None)
+            return _Transaction()
+        if isinstance(event, RcptTo):
+            try:
+                route = ctx.store.read(
+                    lambda txn: resolve(txn, event.address, ctx.settings.recipient_delimiter)
+                )
+            except Refused as refusal:
+                conn.respond(Reply(refusal.code, refusal.status, refusal.text))
+                return transaction
+            for account in route.accounts:
+                transaction.accounts.setdefault(account, event.address)
+            transaction.forwards.update(dict.fromkeys(route.forwards))
+            conn.respond(None)
+            return transaction
+        if isinstance(event, MessageReceived):
+            reply = await self._deliver(conn, event, transaction)
+            conn.respond(reply)
+            return _Transaction()
+        raise RuntimeError(f"unexpected SMTP event {event!r}")
+
+    async def _deliver(
+        self, conn: ServerConnection, event: MessageReceived, transaction: _Transaction
+    ) -> Reply:
+        ctx = self._context
+        queue_id = new_message_id()
+        sender = conn.mail_from or ""
+        received = self._received_fields(conn, queue_id)
+        return_path = f"Return-Path: <{sender}>\r\n".encode()
+        local = [
+            (account, return_path + received(rcpt))
+            for account, rcpt in transaction.accounts.items()
+        ]
+        forwards = tuple(transaction.forwards)
+        forward_head = received(forwards[0] if len(forwards) == 1 else None) if forwards else b""
+        body = event.content
+        try:
+            stored = await ctx.store.submit(
+                lambda txn: txn.deliver(body, local, sender, forwards, forward_head)
+            )
+        except Exception:
+            log.exception("smtp store failed id=%s", queue_id)
+            stored = None
+        if stored is None or (not stored.entries and stored.queued is None):
+            reply = Reply(451, "4.3.0", "Error: local delivery failed, try again later")
+        else:
+            reply = Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+        log.info(
+            "smtp client=%s helo=%s from=<%s> to=%s size=%d result=%d id=%s"
+            " delivered=%d forwarded=%d",
+            self._client,
+            conn.helo,
+            sender,
+            ",".join(f"<{r}>" for r in conn.recipients),
+            len(body),
+            reply.code,
+            queue_id,
+            len(stored.entries) if stored else 0,
+            len(stored.queued.recipients) if stored and stored.queued else 0,
+        )
+        return reply
+
+    def _received_fields(self, conn: ServerConnection, queue_id: str):
+        """A function giving the Received: field (RFC 5321 4.4) for one recipient."""
+        ctx = self._context
+        # RFC 3848 protocol names; RFC 6531 4.3 for the UTF8 variants.
+        protocol = "ESMTP" if self._esmtp else "SMTP"
+        if self._smtputf8:
+            protocol = "UTF8" + protocol
+        if self._tls_active:
+            protocol += "S"
+        tls = ""
+        ssl_object = self._transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            tls = f"\r\n\t(using {ssl_object.version()} with cipher {ssl_object.cipher()[0]})"
+        date = email.utils.format_datetime(email.utils.localtime())
+        literal = f"IPv6:{self._client}" if ":" in self._client else self._client
+        start = (
+            f"Received: from {conn.helo} ([{literal}])\r\n"
+            f"\tby {ctx.hostname} with {protocol} id {queue_id}{tls}"
+        )
+
+        def field_for(recipient: str | None) -> bytes:
+            target = f"\r\n\tfor <{recipient}>" if recipient else ""
+            return f"{start}{target}; {date}\r\n".encode()
+
+        return field_for
+
+    async def _start_tls(self, conn: ServerConnection) -> None:
+        ctx = self._context
+        conn.respond(None)
+        await self._write(conn.data_to_send())
+        # CVE-2011-0411: whatever the client sent before the handshake is dropped,
+        # never read as if it came over TLS.
+        self._input, self._input_size = [], 0
+        loop = asyncio.get_running_loop()
+        try:
+            self._transport = await loop.start_tls(self._transport, self, ctx.tls, server_side=True)
+        except (OSError, ssl.SSLError, ConnectionError) as error:
+            log.info("smtp tls handshake failed client=%s error=%s", self._client, error)
+            self._eof = True
+            conn.receive_data(b"")
+            return
+        self._tls_active = True
+        conn.tls_started()
+
+    async def _write(self, data: bytes) -> None:
+        if data and not self._transport.is_closing():
+            self._transport.write(data)
+            await self._writable.wait()
+
+    async def _flush(self, conn: ServerConnection) -> None:
+        await self._write(conn.data_to_send())

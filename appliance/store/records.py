@@ -1,0 +1,97 @@
+"""The values the store hands out: plain, immutable, free of LMDB and msgpack."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# RFC 6154 special-use attributes of the mailboxes every account starts with.
+DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
+    ("INBOX", None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    name: str
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    address: str
+    id: int
+    password_hash: str
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class Alias:
+    """One address (or "@domain" for a catch-all) that stands for several targets.
+
+    A target is a local address (an account or another alias) or an external
+    address that mail is forwarded to.
+    """
+
+    source: str
+    targets: tuple[str, ...]
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    id: int
+    account_id: int
+    name: str
+    special_use: str | None
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    messages: int
+    subscribed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEntry:
+    """A message in a mailbox: the shared body blob plus this copy's own state.
+
+    `head` holds the trace fields added at delivery for this recipient
+    (Return-Path, Received); the message a client sees is head + blob.
+    """
+
+    mailbox_id: int
+    uid: int
+    blob_id: int
+    head: bytes
+    flags: tuple[str, ...]
+    internal_date: float
+    modseq: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedMessage:
+    """A message waiting to leave the box (forwarding to an external alias target)."""
+
+    id: int
+    blob_id: int
+    head: bytes
+    sender: str
+    recipients: tuple[str, ...]
+    created: float
+    attempts: int
+    next_attempt: float
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What one synced commit of an incoming message stored."""
+
+    blob_id: int
+    entries: tuple[MessageEntry, ...]
+    queued: QueuedMessage | None
+    missing: tuple[str, ...]  # accounts that vanished between RCPT and commit

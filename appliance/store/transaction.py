@@ -1,0 +1,478 @@
+"""Operations on one LMDB transaction: the only code that knows keys and encodings.
+
+Key layout (integers big-endian so that cursors walk them in order):
+
+    meta           name                         -> msgpack int (schema, counters)
+    domains        domain                       -> {created}
+    accounts       address                      -> {id, password, created}
+    aliases        address | "@" domain         -> {targets, created}
+    mailbox_names  u64 account id + name        -> u64 mailbox id
+    mailboxes      u64 mailbox id               -> mailbox record
+    messages       u64 mailbox id + u32 uid     -> message record
+    blobs          u64 blob id                  -> raw message bytes, written once
+    blob_refs      u64 blob id                  -> msgpack int reference count
+    queue          u64 queue id                 -> outbound record
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Iterable, Iterator
+
+import lmdb
+import msgpack
+
+from appliance.store.errors import AlreadyExists, InUse, NotFound
+from appliance.store.records import (
+    DEFAULT_MAILBOXES,
+    Account,
+    Alias,
+    Delivery,
+    Domain,
+    Mailbox,
+    MessageEntry,
+    QueuedMessage,
+)
+
+DATABASES = (
+    "meta",
+    "domains",
+    "accounts",
+    "aliases",
+    "mailbox_names",
+    "mailboxes",
+    "messages",
+    "blobs",
+    "blob_refs",
+    "queue",
+)
+
+_U64 = struct.Struct(">Q")
+_U64_U32 = struct.Struct(">QI")
+
+pack = msgpack.Packer(use_bin_type=True).pack
+
+
+def _unpack(value: bytes | memoryview) -> object:
+    return msgpack.unpackb(value, raw=False)
+
+
+def _text(key: str) -> bytes:
+    return key.encode("utf-8")
+
+
+class Transaction:
+    """A read or write transaction, seen as operations on records.
+
+    Instances come from `Store.reader()`, `Store.apply()` and `Store.submit()`;
+    they must not outlive the call that produced them.
+    """
+
+    __slots__ = ("_txn", "_dbs")
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database]):
+        self._txn = txn
+        self._dbs = dbs
+
+    # -- low level -----------------------------------------------------------------
+
+    def _get(self, db: str, key: bytes) -> object | None:
+        value = self._txn.get(key, db=self._dbs[db])
+        return None if value is None else _unpack(value)
+
+    def _put(self, db: str, key: bytes, value: object) -> None:
+        self._txn.put(key, pack(value), db=self._dbs[db])
+
+    def _delete(self, db: str, key: bytes) -> None:
+        self._txn.delete(key, db=self._dbs[db])
+
+    def _scan(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        cursor = self._txn.cursor(db=self._dbs[db])
+        if not cursor.set_range(prefix):
+            return
+        for key, value in cursor:
+            key = bytes(key)
+            if not key.startswith(prefix):
+                return
+            yield key, value
+
+    def counts(self) -> dict[str, int]:
+        """Records per database; walking them all is a cheap integrity check."""
+        return {name: self._txn.stat(db)["entries"] for name, db in self._dbs.items()}
+
+    def next_id(self, counter: str) -> int:
+        value = (self.meta(counter) or 0) + 1
+        self.set_meta(counter, value)
+        return value
+
+    def meta(self, name: str) -> int | None:
+        return self._get("meta", _text(name))
+
+    def set_meta(self, name: str, value: int) -> None:
+        self._put("meta", _text(name), value)
+
+    # -- domains ---------------------------------------------------------------------
+
+    def domain(self, name: str) -> Domain | None:
+        record = self._get("domains", _text(name))
+        return None if record is None else Domain(name, record["created"])
+
+    def domains(self) -> list[Domain]:
+        return [Domain(k.decode(), _unpack(v)["created"]) for k, v in self._scan("domains")]
+
+    def add_domain(self, name: str) -> Domain:
+        if self.domain(name) is not None:
+            raise AlreadyExists(f"domain {name} already exists")
+        created = time.time()
+        self._put("domains", _text(name), {"created": created})
+        return Domain(name, created)
+
+    def remove_domain(self, name: str) -> None:
+        if self.domain(name) is None:
+            raise NotFound(f"no domain {name}")
+        suffix = "@" + name
+        users = [a.address for a in self.accounts() if a.address.endswith(suffix)]
+        if users:
+            raise InUse(f"domain {name} still has {len(users)} account(s): {users[0]} ...")
+        for alias in self.aliases():
+            if alias.source.endswith(suffix):
+                self._delete("aliases", _text(alias.source))
+        self._delete("domains", _text(name))
+
+    # -- accounts --------------------------------------------------------------------
+
+    def account(self, address: str) -> Account | None:
+        record = self._get("accounts", _text(address))
+        if record is None:
+            return None
+        return Account(address, record["id"], record["password"], record["created"])
+
+    def accounts(self) -> list[Account]:
+        out = []
+        for key, value in self._scan("accounts"):
+            record = _unpack(value)
+            out.append(Account(key.decode(), record["id"], record["password"], record["created"]))
+        return out
+
+    def add_account(self, address: str, password_hash: str) -> Account:
+        domain = address.rpartition("@")[2]
+        if self.domain(domain) is None:
+            raise NotFound(f"no domain {domain}; add it first")
+        if self.account(address) is not None:
+            raise AlreadyExists(f"account {address} already exists")
+        if self._get("aliases", _text(address)) is not None:
+            raise AlreadyExists(f"{address} is an alias")
+        account = Account(address, self.next_id("account"), password_hash, time.time())
+        self._put(
+            "accounts",
+            _text(address),
+            {"id": account.id, "password": password_hash, "created": account.created},
+        )
+        for name, special_use in DEFAULT_MAILBOXES:
+            self.create_mailbox(account.id, name, special_use)
+        return account
+
+    def set_password(self, address: str, password_hash: str) -> None:
+        account = self.account(address)
+        if account is None:
+            raise NotFound(f"no account {address}")
+        self._put(
+            "accounts",
+            _text(address),
+            {"id": account.id, "password": password_hash, "created": account.created},
+        )
+
+    def remove_account(self, address: str) -> None:
+        account = self.account(address)
+        if account is None:
+            raise NotFound(f"no account {address}")
+        for mailbox in self.mailboxes(account.id):
+            self.delete_mailbox(mailbox)
+        self._delete("accounts", _text(address))
+
+    # -- aliases ---------------------------------------------------------------------
+
+    def alias(self, source: str) -> Alias | None:
+        record = self._get("aliases", _text(source))
+        if record is None:
+            return None
+        return Alias(source, tuple(record["targets"]), record["created"])
+
+    def aliases(self) -> list[Alias]:
+        out = []
+        for key, value in self._scan("aliases"):
+            record = _unpack(value)
+            out.append(Alias(key.decode(), tuple(record["targets"]), record["created"]))
+        return out
+
+    def add_alias(self, source: str, targets: Iterable[str]) -> Alias:
+        """Add an alias, or add targets to an existing one."""
+        domain = source.rpartition("@")[2]
+        if self.domain(domain) is None:
+            raise NotFound(f"no domain {domain}; add it first")
+        if self.account(source) is not None:
+            raise AlreadyExists(f"{source} is an account")
+        existing = self.alias(source)
+        merged = list(existing.targets) if existing else []
+        new = [t for t in targets if t not in merged]
+        if existing and not new:
+            raise AlreadyExists(f"alias {source} already has these targets")
+        merged.extend(new)
+        created = existing.created if existing else time.time()
+        self._put("aliases", _text(source), {"targets": merged, "created": created})
+        return Alias(source, tuple(merged), created)
+
+    def remove_alias(self, source: str, targets: Iterable[str] = ()) -> None:
+        """Remove an alias, or only some of its targets."""
+        existing = self.alias(source)
+        if existing is None:
+            raise NotFound(f"no alias {source}")
+        drop = set(targets)
+        unknown = drop - set(existing.targets)
+        if unknown:
+            raise NotFound(f"alias {source} has no target {sorted(unknown)[0]}")
+        kept = [t for t in existing.targets if t not in drop] if drop else []
+        if kept:
+            self._put("aliases", _text(source), {"targets": kept, "created": existing.created})
+        else:
+            self._delete("aliases", _text(source))
+
+    # -- mailboxes -------------------------------------------------------------------
+
+    def _mailbox_from(self, mailbox_id: int, record: dict) -> Mailbox:
+        return Mailbox(
+            id=mailbox_id,
+            account_id=record["account"],
+            name=record["name"],
+            special_use=record["special_use"],
+            uidvalidity=record["uidvalidity"],
+            uidnext=record["uidnext"],
+            highestmodseq=record["highestmodseq"],
+            messages=record["messages"],
+            subscribed=record["subscribed"],
+        )
+
+    def _put_mailbox(self, mailbox: Mailbox) -> None:
+        self._put(
+            "mailboxes",
+            _U64.pack(mailbox.id),
+            {
+                "account": mailbox.account_id,
+                "name": mailbox.name,
+                "special_use": mailbox.special_use,
+                "uidvalidity": mailbox.uidvalidity,
+                "uidnext": mailbox.uidnext,
+                "highestmodseq": mailbox.highestmodseq,
+                "messages": mailbox.messages,
+                "subscribed": mailbox.subscribed,
+            },
+        )
+
+    def mailbox(self, account_id: int, name: str) -> Mailbox | None:
+        raw = self._txn.get(_U64.pack(account_id) + _text(name), db=self._dbs["mailbox_names"])
+        if raw is None:
+            return None
+        return self.mailbox_by_id(_U64.unpack(raw)[0])
+
+    def mailbox_by_id(self, mailbox_id: int) -> Mailbox | None:
+        record = self._get("mailboxes", _U64.pack(mailbox_id))
+        return None if record is None else self._mailbox_from(mailbox_id, record)
+
+    def mailboxes(self, account_id: int) -> list[Mailbox]:
+        out = []
+        for _, value in self._scan("mailbox_names", _U64.pack(account_id)):
+            mailbox = self.mailbox_by_id(_U64.unpack(value)[0])
+            if mailbox is not None:
+                out.append(mailbox)
+        return out
+
+    def create_mailbox(self, account_id: int, name: str, special_use: str | None = None) -> Mailbox:
+        if self.mailbox(account_id, name) is not None:
+            raise AlreadyExists(f"mailbox {name} already exists")
+        # RFC 3501 2.3.1.1: a UIDVALIDITY is never reused for a mailbox name, so
+        # it comes from a counter that only grows, seeded from the clock.
+        uidvalidity = max(int(time.time()), (self.meta("uidvalidity") or 0) + 1) & 0xFFFFFFFF
+        self.set_meta("uidvalidity", uidvalidity)
+        mailbox = Mailbox(
+            id=self.next_id("mailbox"),
+            account_id=account_id,
+            name=name,
+            special_use=special_use,
+            uidvalidity=uidvalidity,
+            uidnext=1,
+            highestmodseq=1,
+            messages=0,
+            subscribed=True,
+        )
+        self._put_mailbox(mailbox)
+        self._txn.put(
+            _U64.pack(account_id) + _text(name),
+            _U64.pack(mailbox.id),
+            db=self._dbs["mailbox_names"],
+        )
+        return mailbox
+
+    def delete_mailbox(self, mailbox: Mailbox) -> None:
+        prefix = _U64.pack(mailbox.id)
+        for key, value in list(self._scan("messages", prefix)):
+            self._release_blob(_unpack(value)["blob"])
+            self._txn.delete(key, db=self._dbs["messages"])
+        self._delete("mailboxes", prefix)
+        self._delete("mailbox_names", _U64.pack(mailbox.account_id) + _text(mailbox.name))
+
+    # -- messages and blobs ----------------------------------------------------------
+
+    def messages(self, mailbox_id: int) -> list[MessageEntry]:
+        return [
+            self._entry_from(_U64_U32.unpack(key), _unpack(value))
+            for key, value in self._scan("messages", _U64.pack(mailbox_id))
+        ]
+
+    @staticmethod
+    def _entry_from(key: tuple[int, int], record: dict) -> MessageEntry:
+        return MessageEntry(
+            mailbox_id=key[0],
+            uid=key[1],
+            blob_id=record["blob"],
+            head=record["head"],
+            flags=tuple(record["flags"]),
+            internal_date=record["date"],
+            modseq=record["modseq"],
+            size=record["size"],
+        )
+
+    def blob(self, blob_id: int) -> bytes | memoryview | None:
+        """The body bytes; a memoryview into the map when the reader asked for buffers."""
+        return self._txn.get(_U64.pack(blob_id), db=self._dbs["blobs"])
+
+    def blob_refs(self, blob_id: int) -> int:
+        return self._get("blob_refs", _U64.pack(blob_id)) or 0
+
+    def _release_blob(self, blob_id: int) -> None:
+        key = _U64.pack(blob_id)
+        refs = (self._get("blob_refs", key) or 1) - 1
+        if refs > 0:
+            self._put("blob_refs", key, refs)
+        else:
+            self._delete("blob_refs", key)
+            self._delete("blobs", key)
+
+    def append(
+        self,
+        mailbox: Mailbox,
+        blob_id: int,
+        head: bytes,
+        size: int,
+        flags: tuple[str, ...] = (),
+        internal_date: float | None = None,
+    ) -> MessageEntry:
+        """Add a message entry for an already stored blob; the caller holds a reference."""
+        current = self.mailbox_by_id(mailbox.id) or mailbox
+        entry = MessageEntry(
+            mailbox_id=current.id,
+            uid=current.uidnext,
+            blob_id=blob_id,
+            head=head,
+            flags=flags,
+            internal_date=time.time() if internal_date is None else internal_date,
+            modseq=current.highestmodseq + 1,
+            size=size,
+        )
+        self._put(
+            "messages",
+            _U64_U32.pack(entry.mailbox_id, entry.uid),
+            {
+                "blob": blob_id,
+                "head": head,
+                "flags": list(flags),
+                "date": entry.internal_date,
+                "modseq": entry.modseq,
+                "size": size,
+            },
+        )
+        self._put_mailbox(
+            Mailbox(
+                id=current.id,
+                account_id=current.account_id,
+                name=current.name,
+                special_use=current.special_use,
+                uidvalidity=current.uidvalidity,
+                uidnext=current.uidnext + 1,
+                highestmodseq=entry.modseq,
+                messages=current.messages + 1,
+                subscribed=current.subscribed,
+            )
+        )
+        return entry
+
+    def deliver(
+        self,
+        body: bytes | memoryview,
+        local: Iterable[tuple[str, bytes]],
+        sender: str,
+        forward: Iterable[str] = (),
+        forward_head: bytes = b"",
+    ) -> Delivery:
+        """Store one incoming message for every recipient, the body once.
+
+        `local` pairs each recipient account with the trace header block for
+        its copy; `forward` lists external addresses to queue the message for.
+        """
+        blob_id = self.next_id("blob")
+        entries: list[MessageEntry] = []
+        missing: list[str] = []
+        date = time.time()
+        for address, head in local:
+            account = self.account(address)
+            inbox = account and self.mailbox(account.id, "INBOX")
+            if inbox is None:
+                missing.append(address)
+                continue
+            entries.append(self.append(inbox, blob_id, head, len(head) + len(body), (), date))
+        forward = tuple(forward)
+        queued = self._enqueue(blob_id, forward_head, sender, forward, date) if forward else None
+        refs = len(entries) + (1 if queued else 0)
+        if refs:
+            self._txn.put(_U64.pack(blob_id), body, db=self._dbs["blobs"])
+            self._put("blob_refs", _U64.pack(blob_id), refs)
+        return Delivery(blob_id, tuple(entries), queued, tuple(missing))
+
+    # -- outbound queue --------------------------------------------------------------
+
+    def _enqueue(
+        self, blob_id: int, head: bytes, sender: str, recipients: tuple[str, ...], now: float
+    ) -> QueuedMessage:
+        item = QueuedMessage(self.next_id("queue"), blob_id, head, sender, recipients, now, 0, now)
+        self._put(
+            "queue",
+            _U64.pack(item.id),
+            {
+                "blob": blob_id,
+                "head": head,
+                "sender": sender,
+                "recipients": list(recipients),
+                "created": now,
+                "attempts": 0,
+                "next": now,
+            },
+        )
+        return item
+
+    def queued(self) -> list[QueuedMessage]:
+        out = []
+        for key, value in self._scan("queue"):
+            r = _unpack(value)
+            out.append(
+                QueuedMessage(
+                    _U64.unpack(key)[0],
+                    r["blob"],
+                    r["head"],
+                    r["sender"],
+                    tuple(r["recipients"]),
+                    r["created"],
+                    r["attempts"],
+                    r["next"],
+                )
+            )
+        return out

@@ -1,0 +1,141 @@
+"""Shared test helpers: a running appliance on loopback, and its CLI."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from appliance.store import open_store
+
+REPO = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def cli(data: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", "--data", str(data), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@dataclass
+class Appliance:
+    """An `appliance serve` process on a loopback port, with its own data directory."""
+
+    data: Path
+    port: int
+    host: str = "127.0.0.1"
+    settings: dict = field(default_factory=dict)
+    process: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def write_config(self) -> None:
+        lines = ['hostname = "mail.example.test"', "shutdown_grace = 5"]
+        smtp = self.settings.get("smtp", {})
+        lines += ["[listen]", f'smtp = "{self.host}:{self.port}"']
+        if smtp:
+            lines.append("[smtp]")
+            lines += [f"{key} = {value!r}" for key, value in smtp.items()]
+        (self.data / "appliance.toml").write_text("\n".join(lines) + "\n")
+
+    def start(self) -> None:
+        self.write_config()
+        self.log_path = self.data / "serve.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open by the child
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "--data", str(self.data), "serve"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"appliance exited: {self.log()}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=1) as s:
+                    if s.recv(100).startswith(b"220"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"appliance did not start: {self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=timeout)
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return cli(self.data, *args, stdin=stdin)
+
+    def add_user(self, address: str) -> None:
+        result = self.cli("user", "add", address, "--password-stdin", stdin=PASSWORD + "\n")
+        assert result.returncode == 0, result.stderr
+
+    def inbox(self, address: str, mailbox: str = "INBOX") -> list[bytes]:
+        """Each message of the mailbox as a client would see it: head + body."""
+        store = open_store(self.data)
+        try:
+
+            def read(txn):
+                account = txn.account(address)
+                box = txn.mailbox(account.id, mailbox)
+                return [bytes(m.head) + bytes(txn.blob(m.blob_id)) for m in txn.messages(box.id)]
+
+            return store.read(read)
+        finally:
+            store.close()
+
+
+@pytest.fixture
+def appliance(tmp_path):
+    """A running appliance serving example.test with accounts ann and bob."""
+    app = Appliance(data=tmp_path / "data", port=free_port())
+    app.data.mkdir()
+    assert app.cli("domain", "add", "example.test").returncode == 0
+    app.add_user("ann@example.test")
+    app.add_user("bob@example.test")
+    app.start()
+    yield app
+    assert app.stop() == 0, app.log()
+
+
+@pytest.fixture
+def make_appliance(tmp_path):
+    """Factory for an appliance with custom settings; started by the test."""
+    made = []
+
+    def make(**settings) -> Appliance:
+        app = Appliance(data=tmp_path / f"data{len(made)}", port=free_port(), settings=settings)
+        app.data.mkdir()
+        assert app.cli("domain", "add", "example.test").returncode == 0
+        app.add_user("ann@example.test")
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        app.stop(signal.SIGKILL)

@@ -1,0 +1,229 @@
+"""The store: records, body sharing, group commit, map growth, schema versions."""
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+
+from appliance.store import (
+    AlreadyExists,
+    InUse,
+    NotFound,
+    SchemaTooNew,
+    Store,
+    StoreSettings,
+    open_store,
+    schema,
+)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = open_store(tmp_path)
+    yield s
+    s.close()
+
+
+def add_users(store, *addresses, domain="example.org"):
+    store.apply(lambda txn: txn.add_domain(domain))
+    for address in addresses:
+        store.apply(lambda txn, a=address: txn.add_account(a, "hash"))
+
+
+def test_new_account_has_the_special_use_mailboxes(store):
+    add_users(store, "ann@example.org")
+    account = store.read(lambda txn: txn.account("ann@example.org"))
+    boxes = store.read(lambda txn: txn.mailboxes(account.id))
+    assert {(b.name, b.special_use) for b in boxes} == {
+        ("INBOX", None),
+        ("Sent", "\\Sent"),
+        ("Drafts", "\\Drafts"),
+        ("Trash", "\\Trash"),
+        ("Junk", "\\Junk"),
+        ("Archive", "\\Archive"),
+    }
+    assert all(b.uidnext == 1 and b.messages == 0 for b in boxes)
+    assert len({b.uidvalidity for b in boxes}) == len(boxes)
+
+
+def test_one_message_to_many_recipients_stores_the_body_once(store):
+    add_users(store, "a@example.org", "b@example.org", "c@example.org")
+    body = b"Subject: hi\r\n\r\nhello\r\n"
+    local = [(a, f"Return-Path: <s@x.test>\r\nX-For: {a}\r\n".encode()) for a in "abc"]
+    local = [(f"{a}@example.org", h) for a, h in local]
+    delivery = store.apply(lambda txn: txn.deliver(body, local, "s@x.test"))
+    assert len(delivery.entries) == 3
+    counts = store.check()
+    assert counts["blobs"] == 1
+    assert store.read(lambda txn: txn.blob_refs(delivery.blob_id)) == 3
+    with store.reader(buffers=True) as txn:
+        blob = txn.blob(delivery.blob_id)
+        assert isinstance(blob, memoryview)
+        assert bytes(blob) == body
+    entry = delivery.entries[1]
+    assert entry.uid == 1 and entry.size == len(entry.head) + len(body)
+
+
+def test_uids_and_modseq_grow_per_mailbox(store):
+    add_users(store, "a@example.org")
+    for _ in range(3):
+        store.apply(lambda txn: txn.deliver(b"x\r\n", [("a@example.org", b"")], ""))
+    account = store.read(lambda txn: txn.account("a@example.org"))
+    inbox = store.read(lambda txn: txn.mailbox(account.id, "INBOX"))
+    assert (inbox.uidnext, inbox.messages) == (4, 3)
+    messages = store.read(lambda txn: txn.messages(inbox.id))
+    assert [m.uid for m in messages] == [1, 2, 3]
+    assert [m.modseq for m in messages] == sorted({m.modseq for m in messages})
+    assert inbox.highestmodseq == messages[-1].modseq
+
+
+def test_removing_an_account_releases_its_share_of_the_body(store):
+    add_users(store, "a@example.org", "b@example.org")
+    local = [("a@example.org", b""), ("b@example.org", b"")]
+    delivery = store.apply(lambda txn: txn.deliver(b"body\r\n", local, ""))
+    store.apply(lambda txn: txn.remove_account("a@example.org"))
+    assert store.read(lambda txn: txn.blob_refs(delivery.blob_id)) == 1
+    store.apply(lambda txn: txn.remove_account("b@example.org"))
+    assert store.read(lambda txn: txn.blob(delivery.blob_id)) is None
+    assert store.check()["blob_refs"] == 0
+    assert store.check()["messages"] == 0 and store.check()["mailboxes"] == 0
+
+
+def test_forward_targets_are_queued_with_a_reference_on_the_body(store):
+    add_users(store, "a@example.org")
+    delivery = store.apply(
+        lambda txn: txn.deliver(b"b\r\n", [("a@example.org", b"")], "s@x.test", ["o@else.test"])
+    )
+    assert delivery.queued.recipients == ("o@else.test",)
+    assert store.read(lambda txn: txn.blob_refs(delivery.blob_id)) == 2
+    assert [q.sender for q in store.read(lambda txn: txn.queued())] == ["s@x.test"]
+
+
+def test_refusals_change_nothing(store):
+    add_users(store, "a@example.org")
+    before = store.check()
+    with pytest.raises(AlreadyExists):
+        store.apply(lambda txn: txn.add_domain("example.org"))
+    with pytest.raises(AlreadyExists):
+        store.apply(lambda txn: txn.add_account("a@example.org", "h"))
+    with pytest.raises(NotFound):
+        store.apply(lambda txn: txn.add_account("a@nowhere.test", "h"))
+    with pytest.raises(InUse):
+        store.apply(lambda txn: txn.remove_domain("example.org"))
+    with pytest.raises(AlreadyExists):
+        store.apply(lambda txn: txn.add_alias("a@example.org", ["b@x.test"]))
+    assert store.check() == before
+
+
+def test_alias_targets_add_and_remove(store):
+    add_users(store)
+    store.apply(lambda txn: txn.add_alias("team@example.org", ["a@x.test"]))
+    store.apply(lambda txn: txn.add_alias("team@example.org", ["b@x.test"]))
+    assert store.read(lambda txn: txn.alias("team@example.org")).targets == ("a@x.test", "b@x.test")
+    store.apply(lambda txn: txn.remove_alias("team@example.org", ["a@x.test"]))
+    assert store.read(lambda txn: txn.alias("team@example.org")).targets == ("b@x.test",)
+    store.apply(lambda txn: txn.remove_alias("team@example.org"))
+    assert store.read(lambda txn: txn.alias("team@example.org")) is None
+
+
+def test_concurrent_submits_share_commits(store):
+    add_users(store, "a@example.org")
+    store.start()
+
+    async def deliver_many():
+        def deliver(txn):
+            return txn.deliver(b"m\r\n", [("a@example.org", b"")], "")
+
+        return await asyncio.gather(*(store.submit(deliver) for _ in range(200)))
+
+    deliveries = asyncio.run(deliver_many())
+    assert sorted(d.entries[0].uid for d in deliveries) == list(range(1, 201))
+    assert store.group_operations == 200
+    assert store.group_commits < 200
+
+
+def test_a_failing_operation_does_not_sink_its_group(store):
+    add_users(store, "a@example.org")
+    store.start()
+
+    async def mixed():
+        def good(txn):
+            return txn.deliver(b"m\r\n", [("a@example.org", b"")], "").entries[0].uid
+
+        def bad(txn):
+            txn.deliver(b"m\r\n", [("a@example.org", b"")], "")
+            raise ValueError("refused after writing")
+
+        return await asyncio.gather(
+            store.submit(good), store.submit(bad), store.submit(good), return_exceptions=True
+        )
+
+    results = asyncio.run(mixed())
+    assert isinstance(results[1], ValueError)
+    account = store.read(lambda txn: txn.account("a@example.org"))
+    inbox = store.read(lambda txn: txn.mailbox(account.id, "INBOX"))
+    assert inbox.messages == 2
+    assert store.check()["blobs"] == 2
+
+
+def test_map_grows_when_full(tmp_path):
+    store = Store(tmp_path / "s", StoreSettings(initial_map_size=256 * 1024))
+    add_users(store, "a@example.org")
+    body = b"x" * (1024 * 1024)
+    store.start()
+
+    async def fill():
+        for _ in range(4):
+            await store.submit(lambda txn: txn.deliver(body, [("a@example.org", b"")], ""))
+
+    asyncio.run(fill())
+    store.apply(lambda txn: txn.deliver(body, [("a@example.org", b"")], ""))
+    assert store.map_size() >= 4 * 1024 * 1024
+    assert store.check()["blobs"] == 5
+    store.close()
+
+
+def test_a_map_grown_by_another_process_is_adopted(tmp_path):
+    store = Store(tmp_path / "s", StoreSettings(initial_map_size=256 * 1024))
+    add_users(store, "a@example.org")
+    grow = (
+        "import sys; from appliance.store import Store, StoreSettings\n"
+        "s = Store(sys.argv[1], StoreSettings(initial_map_size=256 * 1024))\n"
+        "s.apply(lambda t: t.deliver(b'x' * 2_000_000, [('a@example.org', b'')], ''))\n"
+    )
+    subprocess.run([sys.executable, "-c", grow, str(tmp_path / "s")], check=True)
+    assert store.check()["blobs"] == 1
+    store.apply(lambda txn: txn.deliver(b"y", [("a@example.org", b"")], ""))
+    assert store.check()["blobs"] == 2
+    store.close()
+
+
+def test_newer_schema_is_refused(tmp_path):
+    store = open_store(tmp_path)
+    store.apply(lambda txn: txn.set_meta("schema", schema.CURRENT_VERSION + 1))
+    store.close()
+    with pytest.raises(SchemaTooNew):
+        open_store(tmp_path)
+
+
+def test_migrations_run_forward_in_order(tmp_path, monkeypatch):
+    store = open_store(tmp_path)
+    store.close()
+    ran = []
+    current = schema.CURRENT_VERSION
+    monkeypatch.setattr(schema, "CURRENT_VERSION", current + 2)
+    monkeypatch.setitem(schema.MIGRATIONS, current, lambda txn: ran.append(current))
+    monkeypatch.setitem(schema.MIGRATIONS, current + 1, lambda txn: ran.append(current + 1))
+    store = open_store(tmp_path)
+    assert ran == [current, current + 1]
+    assert store.read(lambda txn: txn.meta("schema")) == current + 2
+    store.close()
+
+
+def test_live_copy_is_a_working_store(store, tmp_path):
+    add_users(store, "a@example.org")
+    store.copy(tmp_path / "backup")
+    copy = Store(tmp_path / "backup")
+    assert copy.read(lambda txn: txn.account("a@example.org")) is not None
+    copy.close()
