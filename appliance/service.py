@@ -60,10 +60,10 @@ class Service:
         self.store.start()
         try:
             self._apply(self.settings)
-            await self._listen()
             loop.add_signal_handler(signal.SIGTERM, self._stop.set)
             loop.add_signal_handler(signal.SIGINT, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, self._reload)
+            await self._listen()
             print(
                 f"ready hostname={self.settings.hostname} data={self.settings.data_dir}", flush=True
             )

@@ -228,7 +228,7 @@ class SmtpSession(asyncio.Protocol):
 
     async def _wait_input(self, deadline: float) -> bool:
         self._wakeup.clear()
-        if self._input or self._eof or self._stopping:
+        if self._input or self._eof or (self._stopping and not self.busy):
             return True
         try:
             await asyncio.wait_for(self._wakeup.wait(), max(0.0, deadline - time.monotonic()))
