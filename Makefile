@@ -23,7 +23,7 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check --fix appliance tests bench
 	$(BIN)/ruff format appliance tests
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed  ## side-by-side with Postfix; see bench/README.md
 	@$(MAKE) --no-print-directory debian-packages PACKAGES="$(BENCH_PACKAGES)"
 	$(PYTHON) bench/smtp_inbound
 

@@ -97,8 +97,20 @@ class RcptTo:
 class MessageReceived:
     """The whole message (dot-unstuffed for DATA); the session must pass a Reply."""
 
-    content: bytes
+    content: bytes | bytearray  # the core keeps no reference to it
     via: str  # "DATA" or "BDAT"
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRefused:
+    """The core refused the message it just read (bare line ends, too big).
+
+    Nothing is to be stored; the session learns of it to log the transaction.
+    respond(None) sends `reply`.
+    """
+
+    reply: Reply
+    size: int  # octets received
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +118,7 @@ class StartTLS:
     """STARTTLS; respond(None) queues 220, then the session upgrades and calls tls_started()."""
 
 
-Event = Hello | MailFrom | RcptTo | MessageReceived | StartTLS
+Event = Hello | MailFrom | RcptTo | MessageReceived | MessageRefused | StartTLS
 
 
 # -- replies the core gives on its own --------------------------------------------------
@@ -429,7 +441,10 @@ class ServerConnection:
         self._pending = None
         if self.closed:
             return
-        if isinstance(event, MessageReceived):
+        if isinstance(event, MessageRefused):
+            self._reset_transaction()
+            reply = reply or event.reply
+        elif isinstance(event, MessageReceived):
             # RFC 5321 4.1.1.4: the end of the data ends the transaction, whatever the reply.
             self._reset_transaction()
             if not reply.is_error:
@@ -787,14 +802,21 @@ class ServerConnection:
                 # RFC 5321 4.5.2: drop the first "." of each line. The virtual
                 # CRLF goes first, with the first line's dot if it has one.
                 del message[: 3 if message.startswith(b"\r\n.") else 2]
-                content = bytes(message).replace(b"\r\n.", b"\r\n")
+                # The buffer becomes the message itself: copied only when
+                # there are dots to remove.
+                content = message.replace(b"\r\n.", b"\r\n") if b"\r\n." in message else message
                 if len(content) > self.limits.max_message_size:
                     refusal = _TOO_BIG
                 else:
                     self._emit(MessageReceived(content, "DATA"))
                     return
-        self._reset_transaction()
-        self._send(refusal)
+        self._refuse_message(refusal)
+
+    def _refuse_message(self, refusal: Reply) -> None:
+        if self.mail_from is None:  # no transaction to tell the session about
+            self._send(refusal)
+        else:
+            self._emit(MessageRefused(refusal, self.message_bytes_received))
 
     def _read_chunk(self) -> bool:
         buffer = self._buffer
@@ -812,10 +834,12 @@ class ServerConnection:
         refusal = self._chunk_refusal
         if refusal is not None:
             if self._chunk_last:
-                self._reset_transaction()
-            self._send(refusal)
+                self._refuse_message(refusal)
+            else:
+                self._send(refusal)
         elif self._chunk_last:
-            self._emit(MessageReceived(bytes(self._message), "BDAT"))
+            message, self._message = self._message, bytearray()
+            self._emit(MessageReceived(message, "BDAT"))
         else:
             self._send(Reply(250, "2.0.0", f"{self._chunk_size} octets received"))
         return True

@@ -25,6 +25,7 @@ from appliance.smtp.protocol import (
     Hello,
     MailFrom,
     MessageReceived,
+    MessageRefused,
     RcptTo,
     Reply,
     ServerConnection,
@@ -271,6 +272,10 @@ class SmtpSession(asyncio.Protocol):
             reply = await self._deliver(conn, event, transaction)
             conn.respond(reply)
             return _Transaction()
+        if isinstance(event, MessageRefused):
+            self._log_transaction(conn, event.size, event.reply, "-", 0, 0)
+            conn.respond(None)
+            return _Transaction()
         raise RuntimeError(f"unexpected SMTP event {event!r}")
 
     async def _deliver(
@@ -299,20 +304,34 @@ class SmtpSession(asyncio.Protocol):
             reply = Reply(451, "4.3.0", "Error: local delivery failed, try again later")
         else:
             reply = Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+        delivered = len(stored.entries) if stored else 0
+        forwarded = len(stored.queued.recipients) if stored and stored.queued else 0
+        self._log_transaction(conn, len(body), reply, queue_id, delivered, forwarded)
+        return reply
+
+    def _log_transaction(
+        self,
+        conn: ServerConnection,
+        size: int,
+        reply: Reply,
+        queue_id: str,
+        delivered: int,
+        forwarded: int,
+    ) -> None:
         log.info(
-            "smtp client=%s helo=%s from=<%s> to=%s size=%d result=%d id=%s"
+            "smtp client=%s helo=%s from=<%s> to=%s size=%d result=%d status=%s id=%s"
             " delivered=%d forwarded=%d",
             self._client,
             conn.helo,
-            sender,
+            conn.mail_from,
             ",".join(f"<{r}>" for r in conn.recipients),
-            len(body),
+            size,
             reply.code,
+            reply.status or "-",
             queue_id,
-            len(stored.entries) if stored else 0,
-            len(stored.queued.recipients) if stored and stored.queued else 0,
+            delivered,
+            forwarded,
         )
-        return reply
 
     def _received_fields(self, conn: ServerConnection, queue_id: str):
         """A function giving the Received: field (RFC 5321 4.4) for one recipient."""

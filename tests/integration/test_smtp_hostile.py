@@ -75,6 +75,8 @@ def test_smuggled_second_message_is_never_delivered(appliance, smuggle):
     client.close()
     assert appliance.inbox("ann@example.test") == []
     assert appliance.inbox("bob@example.test") == []
+    [logged] = [line for line in appliance.log().splitlines() if " result=" in line]
+    assert "to=<ann@example.test>" in logged and "result=550 status=5.6.0" in logged
 
 
 def test_megabyte_command_line_is_refused_and_memory_stays_flat(appliance):

@@ -13,6 +13,7 @@ from appliance.smtp.protocol import (
     Limits,
     MailFrom,
     MessageReceived,
+    MessageRefused,
     RcptTo,
     Reply,
     ServerConnection,
@@ -682,6 +683,8 @@ def test_smuggled_end_of_data_is_body_and_message_is_refused(fake_end):
     assert replies == ["354 End data with <CR><LF>.<CR><LF>", BARE_LINE_END, "250 2.0.0 Ok"]
     assert client.messages == []
     assert len(client.of(MailFrom)) == 1
+    [refused] = client.of(MessageRefused)  # told to the session, for its log
+    assert refused.reply.status == "5.6.0" and refused.size > 100
     assert client.conn.mail_from is None
 
 
