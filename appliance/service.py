@@ -19,7 +19,7 @@ import uvloop
 from appliance import config, tls
 from appliance.config import Settings
 from appliance.smtp.server import ConnectionCounter, SmtpContext, SmtpSession
-from appliance.store import Store, open_store
+from appliance.store import Store, Transaction, open_store
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +64,17 @@ class Service:
             loop.add_signal_handler(signal.SIGINT, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, self._reload)
             await self._listen()
-            print(
-                f"ready hostname={self.settings.hostname} data={self.settings.data_dir}", flush=True
-            )
+            data = self.settings.data_dir
+            print(f"ready hostname={self.settings.hostname} data={data}", flush=True)
+            if not self.store.read(Transaction.domains):
+                print(f"no mail domains yet: appliance --data {data} domain add NAME", flush=True)
             await self._stop.wait()
             log.info("stopping sessions=%d", len(self._sessions))
             await self._shutdown()
         finally:
+            commits, writes = self.store.group_commits, self.store.group_operations
             self.store.close()
-        log.info("stopped")
+        log.info("stopped commits=%d writes=%d", commits, writes)
         return 0
 
     async def _listen(self) -> None:
