@@ -8,47 +8,60 @@ let sessions in a transaction finish within the grace period, commit, exit 0.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 
 import uvloop
 
 from appliance import config, tls
 from appliance.config import Settings
-from appliance.smtp.server import ConnectionCounter, SmtpContext, SmtpSession
+from appliance.sessions import ConnectionCounter, Listener, Session
+from appliance.smtp.server import SmtpContext, SmtpSession
 from appliance.store import Store, Transaction, open_store
 
 log = logging.getLogger(__name__)
-
-# Listener names this version serves; others in appliance.toml are reported.
-SERVED = ("smtp",)
 
 
 class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store: Store | None = None
+        self.tls: ssl.SSLContext | None = None
         self._smtp_context: SmtpContext | None = None
-        self._connections = ConnectionCounter()
-        self._sessions: set[SmtpSession] = set()
+        self._listeners: list[Listener] = []
         self._servers: list[asyncio.Server] = []
         self._stop = asyncio.Event()
 
-    def _tls_context(self, settings: Settings) -> ssl.SSLContext:
+    # Listener name -> (session factory, implicit TLS). Names absent here are
+    # reported and skipped: this version does not serve them yet.
+    def _protocols(self) -> dict[str, tuple[Callable[[Listener], Session], bool]]:
+        return {
+            "smtp": (lambda listener: SmtpSession(listener, self.smtp_context), False),
+        }
+
+    def _certificate(self, settings: Settings):
         if settings.tls_certificate and settings.tls_key:
-            return tls.server_context(settings.tls_certificate, settings.tls_key)
-        return tls.server_context(*tls.ensure_self_signed(settings.data_dir, settings.hostname))
+            return settings.tls_certificate, settings.tls_key
+        return tls.ensure_self_signed(settings.data_dir, settings.hostname)
 
     def _apply(self, settings: Settings) -> None:
+        certificate, key = self._certificate(settings)
+        if self.tls is None:
+            self.tls = tls.server_context(certificate, key)
+        else:
+            # Checked on a fresh context first, so a bad pair leaves the live
+            # one as it was; then loaded into the live one, which the implicit
+            # TLS listeners hold, for every new handshake.
+            tls.server_context(certificate, key)
+            self.tls.load_cert_chain(certificate, key)
         self.settings = settings
         self._smtp_context = SmtpContext(
-            hostname=settings.hostname,
-            settings=settings.smtp,
-            store=self.store,
-            tls=self._tls_context(settings),
+            hostname=settings.hostname, settings=settings.smtp, store=self.store, tls=self.tls
         )
 
     def smtp_context(self) -> SmtpContext:
@@ -69,7 +82,7 @@ class Service:
             if not self.store.read(Transaction.domains):
                 print(f"no mail domains yet: appliance --data {data} domain add NAME", flush=True)
             await self._stop.wait()
-            log.info("stopping sessions=%d", len(self._sessions))
+            log.info("stopping sessions=%d", sum(len(x.sessions) for x in self._listeners))
             await self._shutdown()
         finally:
             commits, writes = self.store.group_commits, self.store.group_operations
@@ -79,26 +92,30 @@ class Service:
 
     async def _listen(self) -> None:
         loop = asyncio.get_running_loop()
+        protocols = self._protocols()
         for name, (host, port) in self.settings.listen.items():
-            if name not in SERVED:
+            if name not in protocols:
                 if not self.settings.dev:
                     log.warning("listener not available in this version name=%s", name)
                 continue
+            factory, implicit_tls = protocols[name]
+            listener = Listener(name, implicit_tls, _is_loopback(host), ConnectionCounter())
             server = await loop.create_server(
-                lambda: SmtpSession(self.smtp_context, self._connections, self._sessions),
+                lambda factory=factory, listener=listener: factory(listener),
                 host,
                 port,
+                ssl=self.tls if implicit_tls else None,
                 reuse_address=True,
                 backlog=512,
             )
+            self._listeners.append(listener)
             self._servers.append(server)
             print(f"listening {name} on {host}:{port}", flush=True)
             log.info("listening name=%s address=%s:%d", name, host, port)
 
     def _reload(self) -> None:
         try:
-            settings = config.load(self.settings.data_dir, self.settings.dev)
-            self._apply(settings)
+            self._apply(config.load(self.settings.data_dir, self.settings.dev))
         except (config.ConfigError, OSError, ssl.SSLError) as error:
             log.error("reload failed, keeping the running settings error=%s", error)
             return
@@ -107,16 +124,24 @@ class Service:
     async def _shutdown(self) -> None:
         for server in self._servers:
             server.close()
-        for session in list(self._sessions):
+        sessions = [s for listener in self._listeners for s in listener.sessions]
+        for session in sessions:
             session.stop()
-        waiting = [asyncio.ensure_future(s.wait_closed()) for s in list(self._sessions)]
+        waiting = [asyncio.ensure_future(s.wait_closed()) for s in sessions]
         if waiting:
             _, late = await asyncio.wait(waiting, timeout=self.settings.shutdown_grace)
-            for session in list(self._sessions):
+            for session in sessions:
                 session.abort()
             if late:
                 log.warning("sessions cut off at shutdown count=%d", len(late))
                 await asyncio.wait(late, timeout=5)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def setup_logging() -> None:

@@ -9,18 +9,17 @@ commit holding it is synced.
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import logging
 import secrets
 import ssl
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from appliance.config import SmtpSettings
 from appliance.delivery.local import Refused, resolve
+from appliance.sessions import Listener, Session
 from appliance.smtp.protocol import (
     Hello,
     MailFrom,
@@ -35,10 +34,6 @@ from appliance.store import Store
 
 log = logging.getLogger(__name__)
 
-# Input waiting for the session task; past this, reading pauses until the
-# task catches up (the core bounds what it holds itself).
-MAX_PENDING_INPUT = 256 * 1024
-
 
 @dataclass(slots=True)
 class SmtpContext:
@@ -48,29 +43,6 @@ class SmtpContext:
     settings: SmtpSettings
     store: Store
     tls: ssl.SSLContext | None
-
-
-@dataclass(slots=True)
-class ConnectionCounter:
-    """Open sessions in total and per client address, for the connection limits."""
-
-    total: int = 0
-    per_client: Counter = field(default_factory=Counter)
-
-    def admit(self, client: str, settings: SmtpSettings) -> bool:
-        if self.total >= settings.max_connections:
-            return False
-        if self.per_client[client] >= settings.max_connections_per_client:
-            return False
-        self.total += 1
-        self.per_client[client] += 1
-        return True
-
-    def release(self, client: str) -> None:
-        self.total -= 1
-        self.per_client[client] -= 1
-        if self.per_client[client] <= 0:
-            del self.per_client[client]
 
 
 @dataclass(slots=True)
@@ -86,124 +58,52 @@ def new_message_id() -> str:
     return f"{time.time_ns() // 1000:X}{secrets.token_hex(3).upper()}"
 
 
-class SmtpSession(asyncio.Protocol):
-    def __init__(
-        self,
-        context: Callable[[], SmtpContext],
-        connections: ConnectionCounter,
-        sessions: set[SmtpSession],
-        implicit_tls: bool = False,
-    ):
-        self._context_source = context
+class SmtpSession(Session):
+    def __init__(self, listener: Listener, context: Callable[[], SmtpContext]):
+        super().__init__(listener)
         self._context = context()
-        self._connections = connections
-        self._sessions = sessions
-        self._transport: asyncio.Transport | None = None
-        self._client = "unknown"
-        self._admitted = False
-        self._input: list[bytes] = []
-        self._input_size = 0
-        self._eof = False
-        self._wakeup = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
-        self._task: asyncio.Task | None = None
-        self._tls_active = implicit_tls
-        self._stopping = False
         self._esmtp = False
         self._smtputf8 = False
-        self.busy = False  # inside a transaction: SIGTERM lets it finish
 
-    # -- transport callbacks -----------------------------------------------------------
+    def admit(self) -> bool:
+        settings = self._context.settings
+        return self.listener.counter.admit(
+            self.client, settings.max_connections, settings.max_connections_per_client
+        )
 
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        self._transport = transport
-        peer = transport.get_extra_info("peername")
-        self._client = peer[0] if peer else "unknown"
-        self._sessions.add(self)
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    def data_received(self, data: bytes) -> None:
-        self._input.append(data)
-        self._input_size += len(data)
-        if self._input_size > MAX_PENDING_INPUT:
-            self._transport.pause_reading()
-        self._wakeup.set()
-
-    def eof_received(self) -> bool:
-        self._eof = True
-        self._wakeup.set()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._eof = True
-        self._writable.set()
-        self._wakeup.set()
-
-    def pause_writing(self) -> None:
-        self._writable.clear()
-
-    def resume_writing(self) -> None:
-        self._writable.set()
-
-    # -- the session -------------------------------------------------------------------
-
-    def stop(self) -> None:
-        """SIGTERM: an idle session says 421 now, a busy one after its transaction."""
-        self._stopping = True
-        self._wakeup.set()
-
-    async def wait_closed(self) -> None:
-        if self._task is not None:
-            await asyncio.shield(self._task)
-
-    def abort(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-
-    async def _run(self) -> None:
+    async def serve(self, admitted: bool) -> None:
         ctx = self._context
         conn = ServerConnection(
             hostname=ctx.hostname,
             limits=ctx.settings.limits,
             tls_available=ctx.tls is not None,
-            tls_active=self._tls_active,
+            tls_active=self.tls_active,
         )
-        try:
-            if not self._connections.admit(self._client, ctx.settings):
-                conn.refuse(Reply(421, "4.7.0", f"{ctx.hostname} Error: too many connections"))
-                log.info("smtp refused client=%s reason=too-many-connections", self._client)
-            else:
-                self._admitted = True
-                conn.greet()
+        if admitted:
+            conn.greet()
             await self._serve(conn)
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("smtp session failed client=%s", self._client)
-        finally:
-            if self._admitted:
-                self._connections.release(self._client)
-            self._sessions.discard(self)
-            if self._transport is not None:
-                self._transport.close()
+        else:
+            conn.refuse(Reply(421, "4.7.0", f"{ctx.hostname} Error: too many connections"))
+            log.info("smtp refused client=%s reason=too-many-connections", self.client)
+            await self.write(conn.data_to_send())
 
     async def _serve(self, conn: ServerConnection) -> None:
         transaction = _Transaction()
         phase_started = time.monotonic()
-        await self._flush(conn)
+        await self.write(conn.data_to_send())
         while not conn.closed:
-            if self._stopping and not self.busy:
+            if self.stopping and not self.busy:
                 conn.shutdown()
                 break
-            if not self._input and not self._eof:
+            if not self.has_input:
                 deadline = self._deadline(conn, phase_started)
-                if not await self._wait_input(deadline):
-                    log.info("smtp timeout client=%s in_message=%s", self._client, conn.in_message)
+                if not await self.wait_input(deadline):
+                    log.info("smtp timeout client=%s in_message=%s", self.client, conn.in_message)
                     conn.timeout()
                     break
                 continue
-            self._feed(conn)
+            for chunk in self.take_input():
+                conn.receive_data(chunk)
             wrote = False
             while (event := conn.next_event()) is not None:
                 wrote = True
@@ -215,8 +115,8 @@ class SmtpSession(asyncio.Protocol):
             output = conn.data_to_send()
             if output or wrote:
                 phase_started = time.monotonic()
-            await self._write(output)
-        await self._flush(conn)
+            await self.write(output)
+        await self.write(conn.data_to_send())
 
     def _deadline(self, conn: ServerConnection, phase_started: float) -> float:
         settings = self._context.settings
@@ -226,24 +126,6 @@ class SmtpSession(asyncio.Protocol):
             allowance = conn.message_bytes_received / settings.min_data_rate
             return phase_started + settings.data_timeout + allowance
         return phase_started + settings.command_timeout
-
-    async def _wait_input(self, deadline: float) -> bool:
-        self._wakeup.clear()
-        if self._input or self._eof or (self._stopping and not self.busy):
-            return True
-        try:
-            await asyncio.wait_for(self._wakeup.wait(), max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            return False
-        return True
-
-    def _feed(self, conn: ServerConnection) -> None:
-        chunks, self._input, self._input_size = self._input, [], 0
-        self._transport.resume_reading()
-        for chunk in chunks:
-            conn.receive_data(chunk)
-        if self._eof and not chunks:
-            conn.receive_data(b"")
 
     async def _answer(self, conn: ServerConnection, event, transaction: _Transaction):
         ctx = self._context
@@ -321,7 +203,7 @@ class SmtpSession(asyncio.Protocol):
         log.info(
             "smtp client=%s helo=%s from=<%s> to=%s size=%d result=%d status=%s id=%s"
             " delivered=%d forwarded=%d",
-            self._client,
+            self.client,
             conn.helo,
             conn.mail_from,
             ",".join(f"<{r}>" for r in conn.recipients),
@@ -340,14 +222,14 @@ class SmtpSession(asyncio.Protocol):
         protocol = "ESMTP" if self._esmtp else "SMTP"
         if self._smtputf8:
             protocol = "UTF8" + protocol
-        if self._tls_active:
+        if self.tls_active:
             protocol += "S"
         tls = ""
-        ssl_object = self._transport.get_extra_info("ssl_object")
+        ssl_object = self.transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             tls = f"\r\n\t(using {ssl_object.version()} with cipher {ssl_object.cipher()[0]})"
         date = email.utils.format_datetime(email.utils.localtime())
-        literal = f"IPv6:{self._client}" if ":" in self._client else self._client
+        literal = f"IPv6:{self.client}" if ":" in self.client else self.client
         start = (
             f"Received: from {conn.helo} ([{literal}])\r\n"
             f"\tby {ctx.hostname} with {protocol} id {queue_id}{tls}"
@@ -360,27 +242,9 @@ class SmtpSession(asyncio.Protocol):
         return field_for
 
     async def _start_tls(self, conn: ServerConnection) -> None:
-        ctx = self._context
         conn.respond(None)
-        await self._write(conn.data_to_send())
-        # CVE-2011-0411: whatever the client sent before the handshake is dropped,
-        # never read as if it came over TLS.
-        self._input, self._input_size = [], 0
-        loop = asyncio.get_running_loop()
-        try:
-            self._transport = await loop.start_tls(self._transport, self, ctx.tls, server_side=True)
-        except (OSError, ssl.SSLError, ConnectionError) as error:
-            log.info("smtp tls handshake failed client=%s error=%s", self._client, error)
-            self._eof = True
+        await self.write(conn.data_to_send())
+        if await self.start_tls(self._context.tls):
+            conn.tls_started()
+        else:
             conn.receive_data(b"")
-            return
-        self._tls_active = True
-        conn.tls_started()
-
-    async def _write(self, data: bytes) -> None:
-        if data and not self._transport.is_closing():
-            self._transport.write(data)
-            await self._writable.wait()
-
-    async def _flush(self, conn: ServerConnection) -> None:
-        await self._write(conn.data_to_send())

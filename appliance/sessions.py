@@ -1,0 +1,194 @@
+"""What every protocol session shares: an asyncio Protocol driving a sans-IO core.
+
+The transport's callbacks only queue bytes and wake the session's task; the
+task feeds them to its protocol core, answers the core's events (awaiting the
+store where needed) and writes the replies. Reading pauses when the task falls
+behind, writing waits when the peer does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+# Input waiting for the session task; past this, reading pauses until the
+# task catches up (each core bounds what it holds itself).
+MAX_PENDING_INPUT = 256 * 1024
+
+
+@dataclass(slots=True)
+class ConnectionCounter:
+    """Open sessions of one protocol, in total and per client address."""
+
+    total: int = 0
+    per_client: Counter = field(default_factory=Counter)
+
+    def admit(self, client: str, max_total: int, max_per_client: int) -> bool:
+        if self.total >= max_total or self.per_client[client] >= max_per_client:
+            return False
+        self.total += 1
+        self.per_client[client] += 1
+        return True
+
+    def release(self, client: str) -> None:
+        self.total -= 1
+        self.per_client[client] -= 1
+        if self.per_client[client] <= 0:
+            del self.per_client[client]
+
+
+@dataclass(slots=True)
+class Listener:
+    """The sessions of one listening socket: counted, and stopped together."""
+
+    name: str
+    implicit_tls: bool
+    loopback: bool
+    counter: ConnectionCounter
+    sessions: set[Session] = field(default_factory=set)
+
+
+class Session(asyncio.Protocol):
+    """Base of SMTP, POP3 and IMAP sessions; subclasses write `serve()`."""
+
+    def __init__(self, listener: Listener):
+        self.listener = listener
+        self.transport: asyncio.Transport | None = None
+        self.client = "unknown"
+        self.tls_active = listener.implicit_tls
+        self.stopping = False
+        self.busy = False  # in the middle of something SIGTERM lets finish
+        self._input: list[bytes] = []
+        self._input_size = 0
+        self._eof = False
+        self._wakeup = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._task: asyncio.Task | None = None
+
+    # -- transport callbacks -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if peer else "unknown"
+        self.listener.sessions.add(self)
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def data_received(self, data: bytes) -> None:
+        self._input.append(data)
+        self._input_size += len(data)
+        if self._input_size > MAX_PENDING_INPUT:
+            self.transport.pause_reading()
+        self._wakeup.set()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wakeup.set()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._writable.set()
+        self._wakeup.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # -- for the service ---------------------------------------------------------------
+
+    def stop(self) -> None:
+        """SIGTERM: the session ends as soon as it is not busy."""
+        self.stopping = True
+        self._wakeup.set()
+
+    async def wait_closed(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    def abort(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    # -- for subclasses ----------------------------------------------------------------
+
+    async def serve(self, admitted: bool) -> None:
+        """The session; when not admitted, it refuses the client and returns."""
+        raise NotImplementedError
+
+    def admit(self) -> bool:
+        """Take a connection slot; False when the listener is full."""
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        admitted = False
+        try:
+            admitted = self.admit()
+            await self.serve(admitted)
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("session failed listener=%s client=%s", self.listener.name, self.client)
+        finally:
+            if admitted:
+                self.listener.counter.release(self.client)
+            self.listener.sessions.discard(self)
+            if self.transport is not None:
+                self.transport.close()
+
+    async def wait_input(self, deadline: float) -> bool:
+        """Wait for input, EOF or a stop; False when the deadline passed first."""
+        self._wakeup.clear()
+        if self._input or self._eof or (self.stopping and not self.busy):
+            return True
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            return False
+        return True
+
+    @property
+    def has_input(self) -> bool:
+        return bool(self._input) or self._eof
+
+    def take_input(self) -> list[bytes]:
+        """What arrived since the last call; [b""] once the peer has closed."""
+        chunks, self._input, self._input_size = self._input, [], 0
+        self.transport.resume_reading()
+        if self._eof and not chunks:
+            return [b""]
+        return chunks
+
+    async def write(self, data: bytes | memoryview) -> None:
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+            await self._writable.wait()
+
+    async def start_tls(self, context: ssl.SSLContext) -> bool:
+        """Upgrade the connection after the core said yes to STARTTLS/STLS."""
+        # CVE-2011-0411: what the client sent before the handshake is dropped,
+        # never read as if it had come over TLS.
+        self._input, self._input_size = [], 0
+        loop = asyncio.get_running_loop()
+        try:
+            self.transport = await loop.start_tls(self.transport, self, context, server_side=True)
+        except (OSError, ssl.SSLError, ConnectionError) as error:
+            log.info(
+                "tls handshake failed listener=%s client=%s error=%s",
+                self.listener.name,
+                self.client,
+                error,
+            )
+            self._eof = True
+            return False
+        self.tls_active = True
+        return True
