@@ -5,8 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= var
 # Debian packages the tests drive as real clients and peers.
-TEST_PACKAGES := swaks openssl
-BENCH_PACKAGES := postfix dovecot-core dovecot-lmtpd
+TEST_PACKAGES := swaks openssl fetchmail mpop curl
+BENCH_PACKAGES := postfix dovecot-core dovecot-lmtpd dovecot-pop3d
 
 .PHONY: run test lint bench dist-clean
 
@@ -23,9 +23,10 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check --fix appliance tests bench
 	$(BIN)/ruff format appliance tests
 
-bench: $(VENV)/.installed  ## side-by-side with Postfix; see bench/README.md
+bench: $(VENV)/.installed  ## side by side with Postfix and Dovecot; see bench/README.md
 	@$(MAKE) --no-print-directory debian-packages PACKAGES="$(BENCH_PACKAGES)"
 	$(PYTHON) bench/smtp_inbound
+	$(PYTHON) bench/pop3
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \

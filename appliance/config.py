@@ -14,6 +14,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.login import LoginSettings
+from appliance.pop3.protocol import Limits as Pop3Limits
 from appliance.smtp.protocol import Limits
 from appliance.store import StoreSettings
 
@@ -21,7 +23,7 @@ CONFIG_NAME = "appliance.toml"
 DEFAULT_DATA_DIR = "./var"
 
 # Where a device listens when appliance.toml has no [listen] table.
-DEVICE_LISTEN = {"smtp": "0.0.0.0:25"}
+DEVICE_LISTEN = {"smtp": "0.0.0.0:25", "pop3": "0.0.0.0:110", "pop3s": "0.0.0.0:995"}
 
 # `serve --dev`: loopback only, unprivileged ports (DESIGN.md).
 DEV_PORTS = {
@@ -65,12 +67,30 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Pop3Settings:
+    limits: Pop3Limits = field(default_factory=Pop3Limits)
+    # RFC 1939 3: an autologout timer of at least 10 minutes.
+    idle_timeout: float = 600.0
+    # Passwords travel only over TLS, but a connection that cannot leave the
+    # machine (a loopback listener) may log in in clear text, as Dovecot's
+    # disable_plaintext_auth allows for local connections.
+    plaintext_login_on_loopback: bool = True
+    max_connections: int = 200
+    max_connections_per_client: int = 20
+    # RETR and TOP are read from the store in pieces of this size, each in its
+    # own short read transaction, and written with the peer's flow control.
+    read_chunk: int = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path
     hostname: str
     listen: dict[str, tuple[str, int]]
     dev: bool = False
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    pop3: Pop3Settings = field(default_factory=Pop3Settings)
+    login: LoginSettings = field(default_factory=LoginSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     tls_certificate: Path | None = None  # None: a self-signed one under data_dir/tls
     tls_key: Path | None = None
@@ -100,6 +120,14 @@ def _section(cls, table: dict, name: str, **fixed):
         raise ConfigError(f"{name}: {error}") from None
 
 
+def _protocol_section(cls, limits_cls, document: dict, name: str):
+    """A protocol's [name] table: its core's limits and its session's settings side by side."""
+    table = dict(document.pop(name, {}))
+    limit_names = {f.name for f in dataclasses.fields(limits_cls)}
+    limits = _section(limits_cls, {k: table.pop(k) for k in list(table) if k in limit_names}, name)
+    return _section(cls, table, name, limits=limits)
+
+
 def load(data_dir: Path, dev: bool = False) -> Settings:
     """Read DATA/appliance.toml (absent is fine: all defaults) into Settings."""
     path = data_dir / CONFIG_NAME
@@ -107,12 +135,9 @@ def load(data_dir: Path, dev: bool = False) -> Settings:
         document = tomllib.loads(path.read_text()) if path.exists() else {}
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: {error}") from None
-    smtp_table = dict(document.pop("smtp", {}))
-    limit_names = {f.name for f in dataclasses.fields(Limits)}
-    limits = _section(
-        Limits, {k: smtp_table.pop(k) for k in list(smtp_table) if k in limit_names}, "smtp"
-    )
-    smtp = _section(SmtpSettings, smtp_table, "smtp", limits=limits)
+    smtp = _protocol_section(SmtpSettings, Limits, document, "smtp")
+    pop3 = _protocol_section(Pop3Settings, Pop3Limits, document, "pop3")
+    login = _section(LoginSettings, dict(document.pop("login", {})), "login")
     store = _section(StoreSettings, dict(document.pop("store", {})), "store")
     tls = dict(document.pop("tls", {}))
     if set(tls) - {"certificate", "key"}:
@@ -135,6 +160,8 @@ def load(data_dir: Path, dev: bool = False) -> Settings:
         listen=listen,
         dev=dev,
         smtp=smtp,
+        pop3=pop3,
+        login=login,
         store=store,
         tls_certificate=_data_path(data_dir, tls.pop("certificate", None)),
         tls_key=_data_path(data_dir, tls.pop("key", None)),

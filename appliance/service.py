@@ -20,6 +20,8 @@ import uvloop
 
 from appliance import config, tls
 from appliance.config import Settings
+from appliance.login import LoginGuard
+from appliance.pop3.server import Pop3Context, Pop3Session
 from appliance.sessions import ConnectionCounter, Listener, Session
 from appliance.smtp.server import SmtpContext, SmtpSession
 from appliance.store import Store, Transaction, open_store
@@ -32,7 +34,10 @@ class Service:
         self.settings = settings
         self.store: Store | None = None
         self.tls: ssl.SSLContext | None = None
+        self.logins: LoginGuard | None = None
+        self._pop3_locked: set[int] = set()
         self._smtp_context: SmtpContext | None = None
+        self._pop3_context: Pop3Context | None = None
         self._listeners: list[Listener] = []
         self._servers: list[asyncio.Server] = []
         self._stop = asyncio.Event()
@@ -42,6 +47,8 @@ class Service:
     def _protocols(self) -> dict[str, tuple[Callable[[Listener], Session], bool]]:
         return {
             "smtp": (lambda listener: SmtpSession(listener, self.smtp_context), False),
+            "pop3": (lambda listener: Pop3Session(listener, self.pop3_context), False),
+            "pop3s": (lambda listener: Pop3Session(listener, self.pop3_context), True),
         }
 
     def _certificate(self, settings: Settings):
@@ -63,14 +70,26 @@ class Service:
         self._smtp_context = SmtpContext(
             hostname=settings.hostname, settings=settings.smtp, store=self.store, tls=self.tls
         )
+        self._pop3_context = Pop3Context(
+            hostname=settings.hostname,
+            settings=settings.pop3,
+            store=self.store,
+            tls=self.tls,
+            logins=self.logins,
+            locked=self._pop3_locked,
+        )
 
     def smtp_context(self) -> SmtpContext:
         return self._smtp_context
+
+    def pop3_context(self) -> Pop3Context:
+        return self._pop3_context
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.store = open_store(self.settings.data_dir, self.settings.store)
         self.store.start()
+        self.logins = LoginGuard(self.store, self.settings.login)
         try:
             self._apply(self.settings)
             loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -86,6 +105,7 @@ class Service:
             await self._shutdown()
         finally:
             commits, writes = self.store.group_commits, self.store.group_operations
+            self.logins.close()
             self.store.close()
         log.info("stopped commits=%d writes=%d", commits, writes)
         return 0

@@ -18,10 +18,26 @@ REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """Distinct free ports: all held open until all are chosen."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def _toml(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
 
 
 def cli(data: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -39,19 +55,25 @@ class Appliance:
     """An `appliance serve` process on a loopback port, with its own data directory."""
 
     data: Path
-    port: int
     host: str = "127.0.0.1"
     settings: dict = field(default_factory=dict)
+    port: int = 0
+    pop3_port: int = 0
+    pop3s_port: int = 0
     process: subprocess.Popen | None = None
     log_path: Path | None = None
 
+    def __post_init__(self) -> None:
+        self.port, self.pop3_port, self.pop3s_port = free_ports(3, self.host)
+
     def write_config(self) -> None:
-        lines = ['hostname = "mail.example.test"', "shutdown_grace = 5"]
-        smtp = self.settings.get("smtp", {})
-        lines += ["[listen]", f'smtp = "{self.host}:{self.port}"']
-        if smtp:
-            lines.append("[smtp]")
-            lines += [f"{key} = {value!r}" for key, value in smtp.items()]
+        lines = ['hostname = "mail.example.test"', "shutdown_grace = 5", "[listen]"]
+        lines.append(f'smtp = "{self.host}:{self.port}"')
+        lines.append(f'pop3 = "{self.host}:{self.pop3_port}"')
+        lines.append(f'pop3s = "{self.host}:{self.pop3s_port}"')
+        for section, table in self.settings.items():
+            lines.append(f"[{section}]")
+            lines += [f"{key} = {_toml(value)}" for key, value in table.items()]
         (self.data / "appliance.toml").write_text("\n".join(lines) + "\n")
 
     def start(self) -> None:
@@ -79,11 +101,15 @@ class Appliance:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         if self.process is None:
             return 0
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        code = self.process.wait(timeout=timeout)
-        self.process = None
-        return code
+        process, self.process = self.process, None
+        if process.poll() is None:
+            process.send_signal(sig)
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()  # never leave a server behind a failed test
+            process.wait()
+            raise
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
@@ -113,7 +139,7 @@ class Appliance:
 @pytest.fixture
 def appliance(tmp_path):
     """A running appliance serving example.test with accounts ann and bob."""
-    app = Appliance(data=tmp_path / "data", port=free_port())
+    app = Appliance(data=tmp_path / "data")
     app.data.mkdir()
     assert app.cli("domain", "add", "example.test").returncode == 0
     app.add_user("ann@example.test")
@@ -129,7 +155,7 @@ def make_appliance(tmp_path):
     made = []
 
     def make(**settings) -> Appliance:
-        app = Appliance(data=tmp_path / f"data{len(made)}", port=free_port(), settings=settings)
+        app = Appliance(data=tmp_path / f"data{len(made)}", settings=settings)
         app.data.mkdir()
         assert app.cli("domain", "add", "example.test").returncode == 0
         app.add_user("ann@example.test")

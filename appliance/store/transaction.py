@@ -16,6 +16,7 @@ Key layout (integers big-endian so that cursors walk them in order):
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import time
 from collections.abc import Iterable, Iterator
@@ -342,6 +343,34 @@ class Transaction:
             size=record["size"],
         )
 
+    def expunge(self, mailbox_id: int, uids: Iterable[int]) -> list[int]:
+        """Remove messages from a mailbox for good; the UIDs that were there.
+
+        Each removal takes a new modseq, as RFC 7162 3.2.7 asks of an
+        expunge, so the mailbox's HIGHESTMODSEQ moves past all of them.
+        """
+        mailbox = self.mailbox_by_id(mailbox_id)
+        if mailbox is None:
+            raise NotFound(f"no mailbox {mailbox_id}")
+        removed = []
+        for uid in uids:
+            key = _U64_U32.pack(mailbox_id, uid)
+            record = self._get("messages", key)
+            if record is None:
+                continue
+            self._release_blob(record["blob"])
+            self._delete("messages", key)
+            removed.append(uid)
+        if removed:
+            self._put_mailbox(
+                dataclasses.replace(
+                    mailbox,
+                    highestmodseq=mailbox.highestmodseq + len(removed),
+                    messages=mailbox.messages - len(removed),
+                )
+            )
+        return removed
+
     def blob(self, blob_id: int) -> bytes | memoryview | None:
         """The body bytes; a memoryview into the map when the reader asked for buffers."""
         return self._txn.get(_U64.pack(blob_id), db=self._dbs["blobs"])
@@ -392,16 +421,11 @@ class Transaction:
             },
         )
         self._put_mailbox(
-            Mailbox(
-                id=current.id,
-                account_id=current.account_id,
-                name=current.name,
-                special_use=current.special_use,
-                uidvalidity=current.uidvalidity,
+            dataclasses.replace(
+                current,
                 uidnext=current.uidnext + 1,
                 highestmodseq=entry.modseq,
                 messages=current.messages + 1,
-                subscribed=current.subscribed,
             )
         )
         return entry

@@ -14,7 +14,8 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_no_file_means_device_defaults(tmp_path):
     settings = load(tmp_path)
-    assert settings.listen == {"smtp": ("0.0.0.0", 25)}
+    assert settings.listen["smtp"] == ("0.0.0.0", 25)
+    assert settings.listen["pop3s"] == ("0.0.0.0", 995)
     assert settings.smtp.limits.max_message_size == 50 * 1024 * 1024
     assert settings.smtp.command_timeout >= 300  # RFC 5321 4.5.3.2.7
 

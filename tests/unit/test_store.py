@@ -227,3 +227,18 @@ def test_live_copy_is_a_working_store(store, tmp_path):
     copy = Store(tmp_path / "backup")
     assert copy.read(lambda txn: txn.account("a@example.org")) is not None
     copy.close()
+
+
+def test_expunge_removes_entries_and_releases_bodies(store):
+    add_users(store, "a@example.org", "b@example.org")
+    local = [("a@example.org", b""), ("b@example.org", b"")]
+    first = store.apply(lambda txn: txn.deliver(b"one\r\n", local, ""))
+    store.apply(lambda txn: txn.deliver(b"two\r\n", local[:1], ""))
+    inbox = first.entries[0].mailbox_id
+    before = store.read(lambda txn: txn.mailbox_by_id(inbox))
+    assert store.apply(lambda txn: txn.expunge(inbox, [1, 2, 99])) == [1, 2]
+    after = store.read(lambda txn: txn.mailbox_by_id(inbox))
+    assert after.messages == 0 and after.uidnext == before.uidnext
+    assert after.highestmodseq == before.highestmodseq + 2
+    assert store.read(lambda txn: txn.blob_refs(first.blob_id)) == 1  # b's copy remains
+    assert store.check()["blobs"] == 1

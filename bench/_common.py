@@ -1,0 +1,327 @@
+"""Helpers shared by the benchmark scripts in this folder.
+
+Finding the peers' tools, free loopback ports, bounded waits for a server's
+greeting, stopping what a script started by PID, sampling a process's RSS,
+running the appliance's CLI, and the part of a Dovecot configuration that
+every benchmark's private Dovecot instance has in common.
+
+Standard library only.  A script sets PROG to its own name first, so that
+its progress lines on stderr say who wrote them.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+PROG = "bench"  # the script's name, set by the script
+
+DOMAIN = "bench.test"
+RECIPIENT = "user@" + DOMAIN
+SENDER = "sender@" + DOMAIN
+PASSWORD = "bench-password-not-secret"
+
+# Extra places where Debian keeps the tools, for a PATH without sbin.
+EXTRA_PATH = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+
+POLL = 0.05  # seconds between Maildir counts and RSS samples
+LOG_TAIL = 25  # lines of a peer's log shown when a step fails
+
+
+class BenchError(Exception):
+    """A step failed; the message says which and why."""
+
+
+def note(msg: str) -> None:
+    print(f"{PROG}: {msg}", file=sys.stderr, flush=True)
+
+
+def find_tool(name: str) -> str | None:
+    path = os.environ.get("PATH", "") + os.pathsep + os.pathsep.join(EXTRA_PATH)
+    return shutil.which(name, path=path)
+
+
+def need_tool(name: str, package: str) -> str:
+    tool = find_tool(name)
+    if tool is None:
+        raise BenchError(
+            f"{name} not found; install it with: "
+            f"DEBIAN_FRONTEND=noninteractive apt-get install -y {package}"
+        )
+    return tool
+
+
+def tail(path: Path, lines: int = LOG_TAIL) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            data = f.read()
+    except OSError as e:
+        return f"    (cannot read {path}: {e})"
+    text = data.decode("utf-8", "replace").splitlines()[-lines:]
+    if not text:
+        return f"    ({path.name} is empty)"
+    return "\n".join("    " + line for line in text)
+
+
+def with_tail(msg: str, *logs: Path) -> str:
+    parts = [msg]
+    for log in logs:
+        parts.append(f"  last lines of {log.name}:\n{tail(log)}")
+    return "\n".join(parts)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def fs_type(path: Path) -> str:
+    """The filesystem type under path, from /proc/self/mounts (best effort)."""
+    best, kind = "", "unknown"
+    try:
+        real = os.path.realpath(path)
+        with open("/proc/self/mounts") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                mnt = fields[1].replace("\\040", " ")
+                inside = real == mnt or real.startswith(mnt.rstrip("/") + "/")
+                if inside and len(mnt) >= len(best):
+                    best, kind = mnt, fields[2]
+    except OSError:
+        pass
+    return kind
+
+
+def read_banner(sock: socket.socket) -> bytes:
+    sock.settimeout(2.0)
+    data = b""
+    while b"\n" not in data and len(data) < 4096:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def wait_banner(
+    address,
+    what: str,
+    timeout: float,
+    proc: subprocess.Popen | None,
+    logs: list[Path],
+    expect: bytes = b"220",
+) -> str:
+    """Connect until a greeting starting with `expect` is read, then QUIT.
+
+    220 for SMTP and LMTP, +OK for POP3 (both know QUIT). Bounded by timeout.
+    """
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    deadline = time.monotonic() + timeout
+    last_error = "no attempt"
+    for _ in range(int(timeout / 0.1) + 1):
+        if proc is not None and proc.poll() is not None:
+            raise BenchError(with_tail(f"{what} exited with status {proc.returncode}", *logs))
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.settimeout(2.0)
+                s.connect(address)
+                banner = read_banner(s)
+                if banner.startswith(expect):
+                    try:
+                        s.sendall(b"QUIT\r\n")
+                        read_banner(s)
+                    except OSError:
+                        pass
+                    return banner.decode("ascii", "replace").strip()
+                last_error = f"greeting was {banner[:80]!r}"
+        except OSError as e:
+            last_error = str(e)
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    raise BenchError(
+        with_tail(f"{what} did not greet on {address} within {timeout:.0f} s ({last_error})", *logs)
+    )
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                out[key] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
+def kb(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return int(value.split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Set the process's VmHWM back to its current RSS (Linux 4.0+, needs
+    the right to write /proc/PID/clear_refs). False when that is refused."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie that nobody reaps is gone for our purposes.
+    return proc_status(pid).get("State", "").split()[:1] != ["Z"]
+
+
+def wait_pid_gone(pid: int, timeout: float) -> bool:
+    for _ in range(int(timeout / 0.1) + 1):
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.1)
+    return not pid_alive(pid)
+
+
+def stop_child(proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
+    """SIGTERM by PID, bounded wait, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        note(f"{what} (pid {proc.pid}) ignored SIGTERM for {timeout:.0f} s; killing it")
+        proc.kill()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            note(f"{what} (pid {proc.pid}) did not die")
+
+
+class RssSampler(threading.Thread):
+    """Samples VmRSS of one process every POLL seconds until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.max_kb = 0
+        self.samples = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            rss = kb(proc_status(self.pid).get("VmRSS"))
+            if rss is None:
+                return
+            self.max_kb = max(self.max_kb, rss)
+            self.samples += 1
+            self._stop_event.wait(POLL)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
+def mib(kib: int | None) -> str:
+    return "?" if kib is None else f"{kib / 1024:.1f} MiB"
+
+
+# --------------------------------------------------------------------------
+# The appliance
+
+
+def appliance_command(override: str | None) -> tuple[list[str], dict[str, str]]:
+    env = dict(os.environ)
+    env.pop("APPLIANCE_DATA", None)
+    if override:
+        return shlex.split(override), env
+    venv = REPO / ".venv" / "bin" / "appliance"
+    if os.access(venv, os.X_OK):
+        return [str(venv)], env
+    note(f"{venv.relative_to(REPO)} is missing; using {sys.executable} -m appliance")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return [sys.executable, "-m", "appliance"], env
+
+
+def appliance_cli(base: list[str], env, data: Path, argv: list[str], stdin: str | None = None):
+    cmd = base + ["--data", str(data)] + argv
+    try:
+        r = subprocess.run(
+            cmd, input=stdin, capture_output=True, text=True, env=env, cwd=data, timeout=120
+        )
+    except subprocess.TimeoutExpired as e:
+        raise BenchError(f"`appliance {' '.join(argv)}` took more than 120 s") from e
+    if r.returncode != 0:
+        out = (r.stdout + r.stderr).strip()
+        last = out.splitlines()[-1] if out else "no output"
+        raise BenchError(
+            f"`appliance {' '.join(argv)}` failed with status {r.returncode}: {last}\n{out}"
+        )
+
+
+# --------------------------------------------------------------------------
+# Dovecot
+
+
+def pick_mail_user() -> pwd.struct_passwd:
+    for name in ("mail", "nobody"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise BenchError("no system user `mail` or `nobody` to own the Dovecot mailbox")
+
+
+def dovecot_base_conf(dv: Path, protocols: str, user: pwd.struct_passwd) -> str:
+    """The settings every private Dovecot instance shares: its own run, state
+    and log paths under dv, loopback only, no TLS, plaintext logins allowed
+    (loopback only), mail in ~/Maildir owned by `user`. The caller appends its
+    passdb, userdb and services."""
+    return f"""\
+# Written by bench/{PROG} for one run; nothing from /etc/dovecot is read.
+instance_name = {PROG.replace("_", "-")}-bench
+base_dir = {dv}/run
+state_dir = {dv}/state
+log_path = {dv}/dovecot.log
+info_log_path = {dv}/dovecot.log
+protocols = {protocols}
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+mail_location = maildir:~/Maildir
+mail_fsync = optimized
+first_valid_uid = {user.pw_uid}
+first_valid_gid = {user.pw_gid}
+"""
