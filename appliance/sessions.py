@@ -67,7 +67,7 @@ class Session(asyncio.Protocol):
         self._input: list[bytes] = []
         self._input_size = 0
         self._eof = False
-        self._wakeup = asyncio.Event()
+        self._waiter: asyncio.Future | None = None
         self._writable = asyncio.Event()
         self._writable.set()
         self._task: asyncio.Task | None = None
@@ -86,17 +86,17 @@ class Session(asyncio.Protocol):
         self._input_size += len(data)
         if self._input_size > MAX_PENDING_INPUT:
             self.transport.pause_reading()
-        self._wakeup.set()
+        self._wake()
 
     def eof_received(self) -> bool:
         self._eof = True
-        self._wakeup.set()
+        self._wake()
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
         self._writable.set()
-        self._wakeup.set()
+        self._wake()
 
     def pause_writing(self) -> None:
         self._writable.clear()
@@ -109,7 +109,7 @@ class Session(asyncio.Protocol):
     def stop(self) -> None:
         """SIGTERM: the session ends as soon as it is not busy."""
         self.stopping = True
-        self._wakeup.set()
+        self._wake()
 
     async def wait_closed(self) -> None:
         if self._task is not None:
@@ -147,14 +147,22 @@ class Session(asyncio.Protocol):
 
     async def wait_input(self, deadline: float) -> bool:
         """Wait for input, EOF or a stop; False when the deadline passed first."""
-        self._wakeup.clear()
         if self._input or self._eof or (self.stopping and not self.busy):
             return True
+        # A future and a timer rather than wait_for(): this runs once per
+        # command, and wait_for() makes a task each time.
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()), _settle, waiter, False)
         try:
-            await asyncio.wait_for(self._wakeup.wait(), max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            return False
-        return True
+            return await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            _settle(self._waiter, True)
 
     @property
     def has_input(self) -> bool:
@@ -192,3 +200,8 @@ class Session(asyncio.Protocol):
             return False
         self.tls_active = True
         return True
+
+
+def _settle(waiter: asyncio.Future, value: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(value)

@@ -165,9 +165,10 @@ class Pop3Session(Session):
 
     async def _retrieve(self, conn: ServerConnection, event: Retrieve) -> None:
         entry = self._messages[event.index]
-        await self.write(conn.data_to_send())  # the +OK line
         stuffer = DotStuffer(event.lines)
-        await self.write(b"".join(stuffer.feed(entry.head)))
+        # The +OK line, the head and the first piece of the body leave in one
+        # write: most messages are smaller than a piece, one write per message.
+        pending = [conn.data_to_send(), *stuffer.feed(entry.head)]
         chunk = self._context.settings.read_chunk
         offset = 0
         while not stuffer.done:
@@ -177,15 +178,21 @@ class Pop3Session(Session):
                 # ends here rather than the session failing (RFC 1939 has no
                 # way to take back the +OK).
                 piece = blob[offset : offset + chunk] if blob is not None else b""
+                pending.extend(stuffer.feed(piece))
                 # Joined while the transaction still holds the pages: one
                 # bounded copy per piece, never the whole message.
-                output = b"".join(stuffer.feed(piece)) if piece else b""
-            if not piece:
+                data = b"".join(pending)
+                offset += len(piece)
+                last = not piece or offset >= len(blob)
+            pending = [data]
+            if last:
                 break
-            offset += len(piece)
-            await self.write(output)
-        await self.write(b"".join(stuffer.finish()))
+            await self.write(data)
+            pending = []
+        pending.extend(stuffer.finish())
         conn.retrieve_done()
+        pending.append(conn.data_to_send())
+        await self.write(b"".join(pending))
 
     async def _update(self, conn: ServerConnection, event: Update) -> None:
         uids = [self._messages[index].uid for index in event.deleted]
