@@ -239,6 +239,10 @@ class ServerConnection:
         if not self.closed:
             self._close_with("[SYS/TEMP] Server shutting down")  # RFC 3206 4: try later
 
+    def refuse_busy(self) -> None:
+        """Instead of the greeting: the server has no room for this client now."""
+        self._close_with("[SYS/TEMP] Too many connections, try again later")
+
     def receive_data(self, data: bytes) -> None:
         """Take bytes from the client; b"" means the connection is gone.
 

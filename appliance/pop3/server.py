@@ -80,7 +80,7 @@ class Pop3Session(Session):
     async def serve(self, admitted: bool) -> None:
         conn = self._new_connection()
         if not admitted:
-            conn.shutdown()
+            conn.refuse_busy()
             log.info("pop3 refused client=%s reason=too-many-connections", self.client)
             await self.write(conn.data_to_send())
             return

@@ -1,10 +1,9 @@
 """Inbound SMTP sessions: the sans-IO core on an asyncio transport, with the store.
 
-One SmtpSession per connection. The transport's callbacks only queue bytes;
-a task per session feeds them to the core, answers its events (recipient
-lookups from the store, the message committed through the store's group
-commit) and writes the replies. A 250 after the message is sent only when the
-commit holding it is synced.
+One SmtpSession per connection, on the plumbing shared by every protocol
+(appliance/sessions.py). It answers the core's events: recipients are looked
+up in the store, and the message is committed through the store's group
+commit. A 250 after the message is sent only when that commit is synced.
 """
 
 from __future__ import annotations

@@ -246,3 +246,31 @@ def test_curl_lists_and_retrieves(appliance):
     second = subprocess.run(["curl", *auth, base + "2"], capture_output=True, timeout=60)
     assert second.returncode == 0, second.stderr
     assert second.stdout == stored[1]
+
+
+def test_connections_over_the_per_client_limit_are_refused(make_appliance):
+    app = make_appliance(pop3={"max_connections_per_client": 2})
+    app.start()
+    held = [poplib.POP3(app.host, app.pop3_port, timeout=30) for _ in range(2)]
+    with socket.create_connection((app.host, app.pop3_port), timeout=30) as extra:
+        assert extra.recv(1000).startswith(b"-ERR [SYS/TEMP] Too many connections")
+    for pop in held:
+        pop.quit()
+
+
+def test_hostile_lines_get_err_and_idle_clients_are_dropped(make_appliance):
+    app = make_appliance(pop3={"idle_timeout": 2.0})
+    app.start()
+    with socket.create_connection((app.host, app.pop3_port), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"+OK")
+        sock.sendall(b"USER " + b"x" * 1_000_000 + b"\r\n")
+        assert reader.readline().startswith(b"-ERR Line too long")
+        sock.sendall(b"\0" * 100 + b"\r\n")
+        assert reader.readline().startswith(b"-ERR")
+        sock.sendall(b"USER ann@example.test\r\n")  # still in step
+        assert reader.readline().startswith(b"+OK")
+        started = time.monotonic()
+        assert reader.readline().startswith(b"-ERR Timeout")
+        assert 1.5 < time.monotonic() - started < 6
+        assert reader.readline() == b""  # closed
