@@ -74,6 +74,14 @@ class MessageEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class FlagUpdate:
+    """What a flag change did: entries changed, and UIDs refused by UNCHANGEDSINCE."""
+
+    changed: tuple[MessageEntry, ...]
+    refused: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class QueuedMessage:
     """A message waiting to leave the box (forwarding to an external alias target)."""
 

@@ -31,6 +31,7 @@ from appliance.store.records import (
     Alias,
     Delivery,
     Domain,
+    FlagUpdate,
     Mailbox,
     MessageEntry,
     QueuedMessage,
@@ -314,6 +315,47 @@ class Transaction:
         )
         return mailbox
 
+    def rename_mailbox(self, account_id: int, old: str, new: str, delimiter: str = "/") -> Mailbox:
+        """Rename a mailbox and the ones below it in the hierarchy.
+
+        INBOX is special (RFC 9051 6.3.6): its messages move to a new mailbox
+        of the new name and INBOX stays, empty.
+        """
+        mailbox = self.mailbox(account_id, old)
+        if mailbox is None:
+            raise NotFound(f"no mailbox {old}")
+        if self.mailbox(account_id, new) is not None:
+            raise AlreadyExists(f"mailbox {new} already exists")
+        if old == "INBOX":
+            target = self.create_mailbox(account_id, new)
+            uids = [m.uid for m in self.messages(mailbox.id)]
+            self.move_messages(mailbox.id, uids, target)
+            return self.mailbox_by_id(target.id)
+        renamed = None
+        prefix = old + delimiter
+        for each in self.mailboxes(account_id):
+            if each.name != old and not each.name.startswith(prefix):
+                continue
+            name = new + each.name[len(old) :]
+            if each.name != old and self.mailbox(account_id, name) is not None:
+                raise AlreadyExists(f"mailbox {name} already exists")
+            self._delete("mailbox_names", _U64.pack(account_id) + _text(each.name))
+            moved = dataclasses.replace(each, name=name)
+            self._put_mailbox(moved)
+            self._txn.put(
+                _U64.pack(account_id) + _text(name),
+                _U64.pack(each.id),
+                db=self._dbs["mailbox_names"],
+            )
+            if each.id == mailbox.id:
+                renamed = moved
+        return renamed
+
+    def set_subscribed(self, mailbox: Mailbox, subscribed: bool) -> Mailbox:
+        updated = dataclasses.replace(mailbox, subscribed=subscribed)
+        self._put_mailbox(updated)
+        return updated
+
     def delete_mailbox(self, mailbox: Mailbox) -> None:
         prefix = _U64.pack(mailbox.id)
         for key, value in list(self._scan("messages", prefix)):
@@ -408,18 +450,7 @@ class Transaction:
             modseq=current.highestmodseq + 1,
             size=size,
         )
-        self._put(
-            "messages",
-            _U64_U32.pack(entry.mailbox_id, entry.uid),
-            {
-                "blob": blob_id,
-                "head": head,
-                "flags": list(flags),
-                "date": entry.internal_date,
-                "modseq": entry.modseq,
-                "size": size,
-            },
-        )
+        self._put_entry(entry)
         self._put_mailbox(
             dataclasses.replace(
                 current,
@@ -429,6 +460,95 @@ class Transaction:
             )
         )
         return entry
+
+    def _put_entry(self, entry: MessageEntry) -> None:
+        self._put(
+            "messages",
+            _U64_U32.pack(entry.mailbox_id, entry.uid),
+            {
+                "blob": entry.blob_id,
+                "head": entry.head,
+                "flags": list(entry.flags),
+                "date": entry.internal_date,
+                "modseq": entry.modseq,
+                "size": entry.size,
+            },
+        )
+
+    def message(self, mailbox_id: int, uid: int) -> MessageEntry | None:
+        record = self._get("messages", _U64_U32.pack(mailbox_id, uid))
+        return None if record is None else self._entry_from((mailbox_id, uid), record)
+
+    def store_flags(
+        self,
+        mailbox_id: int,
+        uids: Iterable[int],
+        flags: Iterable[str],
+        mode: str,
+        unchanged_since: int | None = None,
+    ) -> FlagUpdate:
+        """Set ("set"), add ("add") or remove ("remove") flags on messages.
+
+        Every message whose flags change takes one new modseq, shared by this
+        call (RFC 7162 3.1: each STORE gets a modseq of its own). With
+        unchanged_since (RFC 7162 3.1.3), a message modified after it is left
+        alone and reported in `refused`.
+        """
+        mailbox = self.mailbox_by_id(mailbox_id)
+        if mailbox is None:
+            raise NotFound(f"no mailbox {mailbox_id}")
+        wanted = list(dict.fromkeys(flags))
+        modseq = mailbox.highestmodseq + 1
+        changed: list[MessageEntry] = []
+        refused: list[int] = []
+        for uid in uids:
+            entry = self.message(mailbox_id, uid)
+            if entry is None:
+                continue
+            if unchanged_since is not None and entry.modseq > unchanged_since:
+                refused.append(uid)
+                continue
+            if mode == "set":
+                new = tuple(wanted)
+            elif mode == "add":
+                new = entry.flags + tuple(f for f in wanted if f not in entry.flags)
+            elif mode == "remove":
+                new = tuple(f for f in entry.flags if f not in wanted)
+            else:
+                raise ValueError(f"unknown flag mode {mode!r}")
+            if set(new) == set(entry.flags):
+                continue
+            updated = dataclasses.replace(entry, flags=new, modseq=modseq)
+            self._put_entry(updated)
+            changed.append(updated)
+        if changed:
+            self._put_mailbox(dataclasses.replace(mailbox, highestmodseq=modseq))
+        return FlagUpdate(tuple(changed), tuple(refused))
+
+    def copy_messages(
+        self, source_id: int, uids: Iterable[int], target: Mailbox
+    ) -> list[tuple[int, int]]:
+        """Copy messages into target, sharing their bodies; (source UID, new UID) pairs."""
+        pairs = []
+        for uid in uids:
+            entry = self.message(source_id, uid)
+            if entry is None:
+                continue
+            key = _U64.pack(entry.blob_id)
+            self._put("blob_refs", key, (self._get("blob_refs", key) or 0) + 1)
+            copy = self.append(
+                target, entry.blob_id, entry.head, entry.size, entry.flags, entry.internal_date
+            )
+            pairs.append((uid, copy.uid))
+        return pairs
+
+    def move_messages(
+        self, source_id: int, uids: Iterable[int], target: Mailbox
+    ) -> list[tuple[int, int]]:
+        """Move messages (RFC 6851): copied, then expunged from the source."""
+        pairs = self.copy_messages(source_id, uids, target)
+        self.expunge(source_id, [source for source, _ in pairs])
+        return pairs
 
     def deliver(
         self,

@@ -242,3 +242,79 @@ def test_expunge_removes_entries_and_releases_bodies(store):
     assert after.highestmodseq == before.highestmodseq + 2
     assert store.read(lambda txn: txn.blob_refs(first.blob_id)) == 1  # b's copy remains
     assert store.check()["blobs"] == 1
+
+
+def inbox_of(store, address):
+    account = store.read(lambda txn: txn.account(address))
+    return store.read(lambda txn: txn.mailbox(account.id, "INBOX")), account
+
+
+def test_flags_set_add_remove_with_one_modseq_per_store(store):
+    add_users(store, "a@example.org")
+    for _ in range(3):
+        store.apply(lambda txn: txn.deliver(b"m\r\n", [("a@example.org", b"")], ""))
+    inbox, _ = inbox_of(store, "a@example.org")
+    update = store.apply(lambda txn: txn.store_flags(inbox.id, [1, 2], ["\\Seen"], "add"))
+    assert [e.flags for e in update.changed] == [("\\Seen",), ("\\Seen",)]
+    assert len({e.modseq for e in update.changed}) == 1
+    modseq = update.changed[0].modseq
+    assert store.read(lambda txn: txn.mailbox_by_id(inbox.id)).highestmodseq == modseq
+    again = store.apply(lambda txn: txn.store_flags(inbox.id, [1], ["\\Seen"], "add"))
+    assert again.changed == ()  # nothing changed, no new modseq
+    update = store.apply(lambda txn: txn.store_flags(inbox.id, [1, 3], ["$Work"], "set"))
+    assert [(e.uid, e.flags) for e in update.changed] == [(1, ("$Work",)), (3, ("$Work",))]
+    update = store.apply(lambda txn: txn.store_flags(inbox.id, [1], ["$Work"], "remove"))
+    assert update.changed[0].flags == () and update.changed[0].modseq > modseq
+
+
+def test_unchanged_since_refuses_messages_changed_later(store):
+    add_users(store, "a@example.org")
+    for _ in range(2):
+        store.apply(lambda txn: txn.deliver(b"m\r\n", [("a@example.org", b"")], ""))
+    inbox, _ = inbox_of(store, "a@example.org")
+    first = store.apply(lambda txn: txn.store_flags(inbox.id, [2], ["\\Flagged"], "add"))
+    seen = first.changed[0].modseq - 1
+    update = store.apply(
+        lambda txn: txn.store_flags(inbox.id, [1, 2], ["\\Seen"], "add", unchanged_since=seen)
+    )
+    assert [e.uid for e in update.changed] == [1] and update.refused == (2,)
+
+
+def test_copy_shares_the_body_and_move_leaves_the_source(store):
+    add_users(store, "a@example.org")
+    delivery = store.apply(lambda txn: txn.deliver(b"m\r\n", [("a@example.org", b"h")], ""))
+    inbox, account = inbox_of(store, "a@example.org")
+    archive = store.read(lambda txn: txn.mailbox(account.id, "Archive"))
+    assert store.apply(lambda txn: txn.copy_messages(inbox.id, [1, 7], archive)) == [(1, 1)]
+    assert store.read(lambda txn: txn.blob_refs(delivery.blob_id)) == 2
+    trash = store.read(lambda txn: txn.mailbox(account.id, "Trash"))
+    assert store.apply(lambda txn: txn.move_messages(archive.id, [1], trash)) == [(1, 1)]
+    assert store.read(lambda txn: txn.messages(archive.id)) == []
+    [moved] = store.read(lambda txn: txn.messages(trash.id))
+    assert moved.head == b"h" and store.read(lambda txn: txn.blob_refs(delivery.blob_id)) == 2
+    assert store.check()["blobs"] == 1
+
+
+def test_rename_takes_the_children_along(store):
+    add_users(store, "a@example.org")
+    _, account = inbox_of(store, "a@example.org")
+    for name in ("Work", "Work/2025", "Work/2025/Q1", "Workshop"):
+        store.apply(lambda txn, n=name: txn.create_mailbox(account.id, n))
+    before = store.read(lambda txn: txn.mailbox(account.id, "Work/2025"))
+    store.apply(lambda txn: txn.rename_mailbox(account.id, "Work", "Job"))
+    names = {m.name for m in store.read(lambda txn: txn.mailboxes(account.id))}
+    assert {"Job", "Job/2025", "Job/2025/Q1", "Workshop"} <= names
+    assert not {"Work", "Work/2025"} & names
+    after = store.read(lambda txn: txn.mailbox(account.id, "Job/2025"))
+    assert (after.id, after.uidvalidity) == (before.id, before.uidvalidity)
+    with pytest.raises(AlreadyExists):
+        store.apply(lambda txn: txn.rename_mailbox(account.id, "Job", "Workshop"))
+
+
+def test_renaming_inbox_moves_its_messages_and_keeps_it(store):
+    add_users(store, "a@example.org")
+    store.apply(lambda txn: txn.deliver(b"m\r\n", [("a@example.org", b"")], ""))
+    inbox, account = inbox_of(store, "a@example.org")
+    old = store.apply(lambda txn: txn.rename_mailbox(account.id, "INBOX", "Old mail"))
+    assert old.messages == 1
+    assert store.read(lambda txn: txn.mailbox(account.id, "INBOX")).messages == 0
