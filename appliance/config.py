@@ -14,6 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.imap.protocol import Limits as ImapLimits
 from appliance.login import LoginSettings
 from appliance.pop3.protocol import Limits as Pop3Limits
 from appliance.smtp.protocol import Limits
@@ -23,7 +24,13 @@ CONFIG_NAME = "appliance.toml"
 DEFAULT_DATA_DIR = "./var"
 
 # Where a device listens when appliance.toml has no [listen] table.
-DEVICE_LISTEN = {"smtp": "0.0.0.0:25", "pop3": "0.0.0.0:110", "pop3s": "0.0.0.0:995"}
+DEVICE_LISTEN = {
+    "smtp": "0.0.0.0:25",
+    "imap": "0.0.0.0:143",
+    "imaps": "0.0.0.0:993",
+    "pop3": "0.0.0.0:110",
+    "pop3s": "0.0.0.0:995",
+}
 
 # `serve --dev`: loopback only, unprivileged ports (DESIGN.md).
 DEV_PORTS = {
@@ -83,6 +90,17 @@ class Pop3Settings:
 
 
 @dataclass(frozen=True, slots=True)
+class ImapSettings:
+    limits: ImapLimits = field(default_factory=ImapLimits)
+    # RFC 9051 5.4: an inactivity autologout timer of at least 30 minutes.
+    idle_timeout: float = 1800.0
+    # As for POP3: clear-text logins only where the connection cannot leave the machine.
+    plaintext_login_on_loopback: bool = True
+    max_connections: int = 200
+    max_connections_per_client: int = 20
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path
     hostname: str
@@ -90,6 +108,7 @@ class Settings:
     dev: bool = False
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     pop3: Pop3Settings = field(default_factory=Pop3Settings)
+    imap: ImapSettings = field(default_factory=ImapSettings)
     login: LoginSettings = field(default_factory=LoginSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     tls_certificate: Path | None = None  # None: a self-signed one under data_dir/tls
@@ -137,6 +156,7 @@ def load(data_dir: Path, dev: bool = False) -> Settings:
         raise ConfigError(f"{path}: {error}") from None
     smtp = _protocol_section(SmtpSettings, Limits, document, "smtp")
     pop3 = _protocol_section(Pop3Settings, Pop3Limits, document, "pop3")
+    imap = _protocol_section(ImapSettings, ImapLimits, document, "imap")
     login = _section(LoginSettings, dict(document.pop("login", {})), "login")
     store = _section(StoreSettings, dict(document.pop("store", {})), "store")
     tls = dict(document.pop("tls", {}))
@@ -161,6 +181,7 @@ def load(data_dir: Path, dev: bool = False) -> Settings:
         dev=dev,
         smtp=smtp,
         pop3=pop3,
+        imap=imap,
         login=login,
         store=store,
         tls_certificate=_data_path(data_dir, tls.pop("certificate", None)),

@@ -22,6 +22,7 @@ import uvloop
 
 from appliance import config, tls
 from appliance.config import Settings
+from appliance.imap.server import ImapContext, ImapSession
 from appliance.login import LoginGuard
 from appliance.pop3.server import Pop3Context, Pop3Session
 from appliance.sessions import ConnectionCounter, Listener, Session
@@ -40,6 +41,7 @@ class Service:
         self._pop3_locked: set[int] = set()
         self._smtp_context: SmtpContext | None = None
         self._pop3_context: Pop3Context | None = None
+        self._imap_context: ImapContext | None = None
         self._listeners: list[Listener] = []
         self._servers: list[asyncio.Server] = []
         self._stop = asyncio.Event()
@@ -51,6 +53,8 @@ class Service:
             "smtp": (lambda listener: SmtpSession(listener, self.smtp_context), False),
             "pop3": (lambda listener: Pop3Session(listener, self.pop3_context), False),
             "pop3s": (lambda listener: Pop3Session(listener, self.pop3_context), True),
+            "imap": (lambda listener: ImapSession(listener, self.imap_context), False),
+            "imaps": (lambda listener: ImapSession(listener, self.imap_context), True),
         }
 
     def _certificate(self, settings: Settings):
@@ -80,12 +84,22 @@ class Service:
             logins=self.logins,
             locked=self._pop3_locked,
         )
+        self._imap_context = ImapContext(
+            hostname=settings.hostname,
+            settings=settings.imap,
+            store=self.store,
+            tls=self.tls,
+            logins=self.logins,
+        )
 
     def smtp_context(self) -> SmtpContext:
         return self._smtp_context
 
     def pop3_context(self) -> Pop3Context:
         return self._pop3_context
+
+    def imap_context(self) -> ImapContext:
+        return self._imap_context
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()

@@ -60,17 +60,22 @@ class Appliance:
     port: int = 0
     pop3_port: int = 0
     pop3s_port: int = 0
+    imap_port: int = 0
+    imaps_port: int = 0
     process: subprocess.Popen | None = None
     log_path: Path | None = None
 
     def __post_init__(self) -> None:
-        self.port, self.pop3_port, self.pop3s_port = free_ports(3, self.host)
+        ports = free_ports(5, self.host)
+        self.port, self.pop3_port, self.pop3s_port, self.imap_port, self.imaps_port = ports
 
     def write_config(self) -> None:
         lines = ['hostname = "mail.example.test"', "shutdown_grace = 5", "[listen]"]
         lines.append(f'smtp = "{self.host}:{self.port}"')
         lines.append(f'pop3 = "{self.host}:{self.pop3_port}"')
         lines.append(f'pop3s = "{self.host}:{self.pop3s_port}"')
+        lines.append(f'imap = "{self.host}:{self.imap_port}"')
+        lines.append(f'imaps = "{self.host}:{self.imaps_port}"')
         for section, table in self.settings.items():
             lines.append(f"[{section}]")
             lines += [f"{key} = {_toml(value)}" for key, value in table.items()]

@@ -550,6 +550,19 @@ class Transaction:
         self.expunge(source_id, [source for source, _ in pairs])
         return pairs
 
+    def append_message(
+        self,
+        mailbox: Mailbox,
+        body: bytes | memoryview,
+        flags: tuple[str, ...] = (),
+        internal_date: float | None = None,
+    ) -> MessageEntry:
+        """Store a new message in one mailbox (IMAP APPEND): a new blob, no trace head."""
+        blob_id = self.next_id("blob")
+        self._txn.put(_U64.pack(blob_id), body, db=self._dbs["blobs"])
+        self._put("blob_refs", _U64.pack(blob_id), 1)
+        return self.append(mailbox, blob_id, b"", len(body), tuple(flags), internal_date)
+
     def deliver(
         self,
         body: bytes | memoryview,

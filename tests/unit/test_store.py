@@ -318,3 +318,21 @@ def test_renaming_inbox_moves_its_messages_and_keeps_it(store):
     old = store.apply(lambda txn: txn.rename_mailbox(account.id, "INBOX", "Old mail"))
     assert old.messages == 1
     assert store.read(lambda txn: txn.mailbox(account.id, "INBOX")).messages == 0
+
+
+def test_append_message_stores_a_new_body_in_one_mailbox(store):
+    add_users(store, "a@example.org")
+    account = store.read(lambda txn: txn.account("a@example.org"))
+    sent = store.read(lambda txn: txn.mailbox(account.id, "Sent"))
+    body = b"Subject: draft\r\n\r\nhello\r\n"
+    entry = store.apply(
+        lambda txn: txn.append_message(sent, memoryview(body), ("\\Seen",), 1700000000.0)
+    )
+    assert (entry.uid, entry.head, entry.size) == (1, b"", len(body))
+    assert (entry.flags, entry.internal_date) == (("\\Seen",), 1700000000.0)
+    assert store.read(lambda txn: bytes(txn.blob(entry.blob_id))) == body
+    assert store.read(lambda txn: txn.blob_refs(entry.blob_id)) == 1
+    after = store.read(lambda txn: txn.mailbox_by_id(sent.id))
+    assert (after.uidnext, after.messages, after.highestmodseq) == (2, 1, entry.modseq)
+    store.apply(lambda txn: txn.expunge(sent.id, [1]))
+    assert store.check()["blobs"] == 0
