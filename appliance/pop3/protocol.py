@@ -83,10 +83,11 @@ class Login:
 
 @dataclass(frozen=True, slots=True)
 class Retrieve:
-    """RETR (lines is None) or TOP (lines is m) of an existing, undeleted message.
+    """RETR (lines is None) or TOP (lines is m) of a message not marked deleted.
 
-    The "+OK" is queued already: write data_to_send() first, then the message
-    through DotStuffer(lines), then call retrieve_done().
+    If the message is still stored, call retrieve_start() (it queues the +OK),
+    write data_to_send(), then the message through DotStuffer(lines), then call
+    retrieve_done(). If another client removed it since login, retrieve_gone().
     """
 
     number: int  # as the client gave it, 1-based
@@ -176,6 +177,7 @@ class ServerConnection:
         "_skipping",
         "_pending",
         "_handed_out",
+        "_streaming",
         "_output",
         "_errors",
         "_failed_logins",
@@ -209,6 +211,7 @@ class ServerConnection:
         self._skipping = False  # inside an over-long line, hunting for its LF
         self._pending: Event | None = None
         self._handed_out = False
+        self._streaming = False  # a RETR/TOP response is being written
         self._output = bytearray()
         self._errors = 0
         self._failed_logins = 0
@@ -293,8 +296,28 @@ class ServerConnection:
             self._err(_LOGIN_REFUSALS[reason])
         self._process()
 
+    def retrieve_start(self) -> None:
+        """Answer Retrieve, first step: the message is there; queue the +OK line."""
+        event = self._pending
+        if not isinstance(event, Retrieve) or not self._handed_out:
+            raise RuntimeError("retrieve_start() with no Retrieve waiting")
+        if event.lines is None:
+            self._ok(f"{self._maildrop[event.index].size} octets")
+        else:
+            self._ok()
+        self._streaming = True
+
+    def retrieve_gone(self) -> None:
+        """Answer Retrieve: the message was removed by another client (IMAP) since login."""
+        event = self._answered(Retrieve)
+        if event is None:
+            return
+        self._err(f"message {event.number} was deleted by another client")
+        self._process()
+
     def retrieve_done(self) -> None:
         """Answer Retrieve: the message is written; end the multi-line response."""
+        self._streaming = False
         if self._answered(Retrieve) is None:
             return
         self._output += b".\r\n"
@@ -356,7 +379,7 @@ class ServerConnection:
         """A last -ERR, then close; not counted as an error."""
         # Inside a RETR or TOP response a status line would read as message
         # text; closing without one tells the client the response is cut short.
-        if not isinstance(self._pending, Retrieve):
+        if not self._streaming:
             self._output += f"-ERR {text}\r\n".encode()
         self._close()
 
@@ -601,13 +624,11 @@ class ServerConnection:
 
     def _retr(self, arguments: list[bytes]) -> None:
         index = self._undeleted(arguments[0])
-        self._ok(f"{self._maildrop[index].size} octets")
         self._emit(Retrieve(index + 1, index, None))
 
     def _top(self, arguments: list[bytes]) -> None:
         index = self._undeleted(arguments[0])
         lines = _decimal(arguments[1], "line count")  # RFC 1939 7: 0 gives the headers only
-        self._ok()
         self._emit(Retrieve(index + 1, index, lines))
 
     def _dele(self, arguments: list[bytes]) -> None:

@@ -165,6 +165,11 @@ class Pop3Session(Session):
 
     async def _retrieve(self, conn: ServerConnection, event: Retrieve) -> None:
         entry = self._messages[event.index]
+        store = self._context.store
+        if store.read(lambda txn: txn.message(entry.mailbox_id, entry.uid)) is None:
+            conn.retrieve_gone()  # expunged over IMAP since this session's login
+            return
+        conn.retrieve_start()
         stuffer = DotStuffer(event.lines)
         # The +OK line, the head and the first piece of the body leave in one
         # write: most messages are smaller than a piece, one write per message.
@@ -174,9 +179,8 @@ class Pop3Session(Session):
         while not stuffer.done:
             with self._context.store.reader(buffers=True) as txn:
                 blob = txn.blob(entry.blob_id)
-                # Expunged over IMAP since login: the rest is gone; the message
-                # ends here rather than the session failing (RFC 1939 has no
-                # way to take back the +OK).
+                # Expunged over IMAP while being sent: the message ends here
+                # rather than the session failing (the +OK cannot be taken back).
                 piece = blob[offset : offset + chunk] if blob is not None else b""
                 pending.extend(stuffer.feed(piece))
                 # Joined while the transaction still holds the pages: one

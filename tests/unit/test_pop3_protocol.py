@@ -114,6 +114,7 @@ class Client:
                 else:
                     conn.login_failed(self.failure)
             elif isinstance(event, Retrieve):
+                conn.retrieve_start()
                 out += conn.data_to_send()  # the +OK line goes before the message
                 body = memoryview(BODIES[event.index])
                 out += stuff([body[i : i + 7] for i in range(0, len(body), 7)], event.lines)
@@ -630,6 +631,7 @@ def test_shutdown_during_a_retrieval_closes_without_a_status_line():
     client = logged_in()
     client.conn.receive_data(b"RETR 1\r\n")
     assert isinstance(client.conn.next_event(), Retrieve)
+    client.conn.retrieve_start()
     client.conn.data_to_send()
     client.conn.shutdown()
     assert client.conn.data_to_send() == b""
@@ -768,3 +770,13 @@ def test_top_finds_the_empty_line_across_pieces():
 def test_negative_top_line_count_is_refused():
     with pytest.raises(ValueError):
         DotStuffer(-1)
+
+
+def test_a_message_removed_by_another_client_is_reported_not_sent():
+    client = logged_in()
+    client.conn.receive_data(b"RETR 1\r\nSTAT\r\n")
+    assert isinstance(client.conn.next_event(), Retrieve)
+    client.conn.retrieve_gone()
+    replies = client.conn.data_to_send().decode().split("\r\n")
+    assert replies[0] == "-ERR message 1 was deleted by another client"
+    assert replies[1].startswith("+OK ")  # the session goes on
