@@ -166,18 +166,20 @@ class Pop3Session(Session):
     async def _retrieve(self, conn: ServerConnection, event: Retrieve) -> None:
         entry = self._messages[event.index]
         store = self._context.store
-        if store.read(lambda txn: txn.message(entry.mailbox_id, entry.uid)) is None:
-            conn.retrieve_gone()  # expunged over IMAP since this session's login
-            return
-        conn.retrieve_start()
-        stuffer = DotStuffer(event.lines)
-        # The +OK line, the head and the first piece of the body leave in one
-        # write: most messages are smaller than a piece, one write per message.
-        pending = [conn.data_to_send(), *stuffer.feed(entry.head)]
         chunk = self._context.settings.read_chunk
+        stuffer = DotStuffer(event.lines)
+        pending: list[bytes] = []
         offset = 0
-        while not stuffer.done:
-            with self._context.store.reader(buffers=True) as txn:
+        while True:
+            with store.reader(buffers=True) as txn:
+                if offset == 0:
+                    if txn.message(entry.mailbox_id, entry.uid) is None:
+                        conn.retrieve_gone()  # expunged over IMAP since this login
+                        return
+                    conn.retrieve_start()
+                    # The +OK line, the head and the first piece of the body
+                    # leave in one write: one write for most messages.
+                    pending = [conn.data_to_send(), *stuffer.feed(entry.head)]
                 blob = txn.blob(entry.blob_id)
                 # Expunged over IMAP while being sent: the message ends here
                 # rather than the session failing (the +OK cannot be taken back).
@@ -187,16 +189,13 @@ class Pop3Session(Session):
                 # bounded copy per piece, never the whole message.
                 data = b"".join(pending)
                 offset += len(piece)
-                last = not piece or offset >= len(blob)
-            pending = [data]
+                last = stuffer.done or not piece or offset >= len(blob)
             if last:
                 break
             await self.write(data)
             pending = []
-        pending.extend(stuffer.finish())
         conn.retrieve_done()
-        pending.append(conn.data_to_send())
-        await self.write(b"".join(pending))
+        await self.write(b"".join([data, *stuffer.finish(), conn.data_to_send()]))
 
     async def _update(self, conn: ServerConnection, event: Update) -> None:
         uids = [self._messages[index].uid for index in event.deleted]
