@@ -13,7 +13,9 @@ import logging
 import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +59,11 @@ class Listener:
 class Session(asyncio.Protocol):
     """Base of SMTP, POP3 and IMAP sessions; subclasses write `serve()`."""
 
-    def __init__(self, listener: Listener):
+    def __init__(self, listener: Listener, context: Callable[[], Any]):
         self.listener = listener
+        # The service's shared state for this protocol as it is now; a reload
+        # (SIGHUP) makes a new one for later sessions, this one keeps its own.
+        self._context = context()
         self.transport: asyncio.Transport | None = None
         self.client = "unknown"
         self.tls_active = listener.implicit_tls
@@ -127,7 +132,17 @@ class Session(asyncio.Protocol):
 
     def admit(self) -> bool:
         """Take a connection slot; False when the listener is full."""
-        raise NotImplementedError
+        settings = self._context.settings
+        return self.listener.counter.admit(
+            self.client, settings.max_connections, settings.max_connections_per_client
+        )
+
+    def plaintext_login_allowed(self) -> bool:
+        """RFC 8314, RFC 9051 6.2.3, RFC 2595 3.1: passwords only over TLS, except
+        on a loopback listener, where the connection cannot leave the machine."""
+        return self.tls_active or (
+            self.listener.loopback and self._context.settings.plaintext_login_on_loopback
+        )
 
     async def _run(self) -> None:
         admitted = False

@@ -136,18 +136,11 @@ def _pattern(reference: str, pattern: str) -> re.Pattern[str]:
 
 class ImapSession(Session):
     def __init__(self, listener: Listener, context: Callable[[], ImapContext]):
-        super().__init__(listener)
-        self._context = context()
+        super().__init__(listener, context)
         self._account_id: int | None = None
         self._address = ""
         self._selected: Selected | None = None
         self._idling = False
-
-    def admit(self) -> bool:
-        settings = self._context.settings
-        return self.listener.counter.admit(
-            self.client, settings.max_connections, settings.max_connections_per_client
-        )
 
     def _new_connection(self) -> ServerConnection:
         ctx = self._context
@@ -156,9 +149,7 @@ class ImapSession(Session):
             limits=ctx.settings.limits,
             tls_available=ctx.tls is not None,
             tls_active=self.tls_active,
-            # RFC 9051 6.2.3, RFC 8314: passwords only over TLS, or on loopback.
-            login_allowed=self.tls_active
-            or (self.listener.loopback and ctx.settings.plaintext_login_on_loopback),
+            login_allowed=self.plaintext_login_allowed(),
         )
 
     async def flush(self, conn: ServerConnection) -> None:

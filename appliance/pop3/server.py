@@ -52,17 +52,10 @@ def uidl(uidvalidity: int, uid: int) -> str:
 
 class Pop3Session(Session):
     def __init__(self, listener: Listener, context: Callable[[], Pop3Context]):
-        super().__init__(listener)
-        self._context = context()
+        super().__init__(listener, context)
         self._account_id: int | None = None
         self._mailbox_id: int | None = None
         self._messages: list[MessageEntry] = []
-
-    def admit(self) -> bool:
-        settings = self._context.settings
-        return self.listener.counter.admit(
-            self.client, settings.max_connections, settings.max_connections_per_client
-        )
 
     def _new_connection(self) -> ServerConnection:
         ctx = self._context
@@ -71,10 +64,7 @@ class Pop3Session(Session):
             limits=ctx.settings.limits,
             tls_available=ctx.tls is not None,
             tls_active=self.tls_active,
-            # RFC 2595 3.1 / RFC 8314: passwords only over TLS, except where the
-            # connection cannot leave the machine.
-            login_allowed=self.tls_active
-            or (self.listener.loopback and ctx.settings.plaintext_login_on_loopback),
+            login_allowed=self.plaintext_login_allowed(),
         )
 
     async def serve(self, admitted: bool) -> None:

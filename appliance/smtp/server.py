@@ -59,16 +59,9 @@ def new_message_id() -> str:
 
 class SmtpSession(Session):
     def __init__(self, listener: Listener, context: Callable[[], SmtpContext]):
-        super().__init__(listener)
-        self._context = context()
+        super().__init__(listener, context)
         self._esmtp = False
         self._smtputf8 = False
-
-    def admit(self) -> bool:
-        settings = self._context.settings
-        return self.listener.counter.admit(
-            self.client, settings.max_connections, settings.max_connections_per_client
-        )
 
     async def serve(self, admitted: bool) -> None:
         ctx = self._context
