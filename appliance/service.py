@@ -25,7 +25,7 @@ from appliance.config import Settings
 from appliance.imap.server import ImapContext, ImapSession
 from appliance.login import LoginGuard
 from appliance.pop3.server import Pop3Context, Pop3Session
-from appliance.sessions import ConnectionCounter, Listener, Session
+from appliance.sessions import ConnectionCounter, Listener, MailboxWatch, Session
 from appliance.smtp.server import SmtpContext, SmtpSession
 from appliance.store import Store, Transaction, open_store
 
@@ -38,6 +38,7 @@ class Service:
         self.store: Store | None = None
         self.tls: ssl.SSLContext | None = None
         self.logins: LoginGuard | None = None
+        self.mailbox_watch = MailboxWatch()
         self._pop3_locked: set[int] = set()
         self._smtp_context: SmtpContext | None = None
         self._pop3_context: Pop3Context | None = None
@@ -90,6 +91,7 @@ class Service:
             store=self.store,
             tls=self.tls,
             logins=self.logins,
+            watch=self.mailbox_watch,
         )
 
     def smtp_context(self) -> SmtpContext:
@@ -104,6 +106,7 @@ class Service:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.store = open_store(self.settings.data_dir, self.settings.store)
+        self.store.on_change = self.mailbox_watch.changed
         self.store.start()
         self.logins = LoginGuard(self.store, self.settings.login)
         try:

@@ -56,6 +56,32 @@ class Listener:
     sessions: set[Session] = field(default_factory=set)
 
 
+class MailboxWatch:
+    """Sessions waiting to hear that a mailbox changed (IMAP IDLE).
+
+    The store reports the mailboxes each group commit touched; every session
+    watching one of them is poked, and reads the mailbox again itself.
+    """
+
+    def __init__(self) -> None:
+        self._watchers: dict[int, set[Session]] = {}
+
+    def watch(self, mailbox_id: int, session: Session) -> None:
+        self._watchers.setdefault(mailbox_id, set()).add(session)
+
+    def unwatch(self, mailbox_id: int, session: Session) -> None:
+        watchers = self._watchers.get(mailbox_id)
+        if watchers is not None:
+            watchers.discard(session)
+            if not watchers:
+                del self._watchers[mailbox_id]
+
+    def changed(self, mailbox_ids: frozenset[int]) -> None:
+        for mailbox_id in mailbox_ids:
+            for session in tuple(self._watchers.get(mailbox_id, ())):
+                session.poke()
+
+
 class Session(asyncio.Protocol):
     """Base of SMTP, POP3 and IMAP sessions; subclasses write `serve()`."""
 
@@ -69,6 +95,7 @@ class Session(asyncio.Protocol):
         self.tls_active = listener.implicit_tls
         self.stopping = False
         self.busy = False  # in the middle of something SIGTERM lets finish
+        self.poked = False  # see poke()
         self._input: list[bytes] = []
         self._input_size = 0
         self._eof = False
@@ -110,6 +137,11 @@ class Session(asyncio.Protocol):
         self._writable.set()
 
     # -- for the service ---------------------------------------------------------------
+
+    def poke(self) -> None:
+        """Something this session watches changed: wake it even without input."""
+        self.poked = True
+        self._wake()
 
     def stop(self) -> None:
         """SIGTERM: the session ends as soon as it is not busy."""
@@ -162,7 +194,7 @@ class Session(asyncio.Protocol):
 
     async def wait_input(self, deadline: float) -> bool:
         """Wait for input, EOF or a stop; False when the deadline passed first."""
-        if self._input or self._eof or (self.stopping and not self.busy):
+        if self._input or self._eof or self.poked or (self.stopping and not self.busy):
             return True
         # A future and a timer rather than wait_for(): this runs once per
         # command, and wait_for() makes a task each time.

@@ -59,15 +59,17 @@ from appliance.imap.protocol import (
     StartTLS,
 )
 from appliance.login import LoginGuard
-from appliance.sessions import Listener, Session
+from appliance.sessions import Listener, MailboxWatch, Session
 from appliance.store import AlreadyExists, Mailbox, MessageEntry, NotFound, Store
 
 log = logging.getLogger(__name__)
 
 DELIMITER = "/"
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-# How often a mailbox is read again while the client IDLEs.
-IDLE_POLL = 0.5
+# Changes made in this process reach an IDLE session at once (MailboxWatch);
+# this long after the last look, the mailbox is read again anyway, for writes
+# from another process (the CLI removing an account).
+IDLE_RECHECK = 30.0
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 # Commands during which EXPUNGE responses must wait (RFC 9051 7.5.1); UID forms may have them.
 _NO_EXPUNGE = frozenset({"FETCH", "STORE", "SEARCH"})
@@ -82,6 +84,7 @@ class ImapContext:
     store: Store
     tls: ssl.SSLContext | None
     logins: LoginGuard
+    watch: MailboxWatch  # pokes IDLE sessions when their mailbox changes
 
 
 class Failure(Exception):
@@ -167,6 +170,12 @@ class ImapSession(Session):
             return
         conn.greet()
         await self.flush(conn)
+        try:
+            await self._serve_commands(conn)
+        finally:
+            self._watch(False)  # a client gone in the middle of IDLE
+
+    async def _serve_commands(self, conn: ServerConnection) -> None:
         settings = self._context.settings
         last_activity = time.monotonic()
         while not conn.closed:
@@ -176,8 +185,12 @@ class ImapSession(Session):
             if not self.has_input:
                 deadline = last_activity + settings.idle_timeout
                 poll = self._idling and self._selected is not None
-                wait_until = min(deadline, time.monotonic() + IDLE_POLL) if poll else deadline
+                wait_until = min(deadline, time.monotonic() + IDLE_RECHECK) if poll else deadline
                 if await self.wait_input(wait_until):
+                    if self.poked:
+                        self.poked = False
+                        self._sync(conn, expunge=True)
+                        await self.flush(conn)
                     continue
                 if time.monotonic() < deadline:
                     self._sync(conn, expunge=True)
@@ -208,9 +221,11 @@ class ImapSession(Session):
             await self._login(conn, event)
         elif isinstance(event, Idle):
             self._idling = True
+            self._watch(True)
             self._sync(conn, expunge=True)
         elif isinstance(event, IdleDone):
             self._idling = False
+            self._watch(False)
             self._sync(conn, expunge=True)
             conn.idle_done()
         elif isinstance(event, StartTLS):
@@ -222,6 +237,15 @@ class ImapSession(Session):
                 conn.receive_data(b"")
         else:
             raise RuntimeError(f"unexpected IMAP event {event!r}")
+
+    def _watch(self, on: bool) -> None:
+        if self._selected is None:
+            return
+        mailbox_id = self._selected.mailbox.id
+        if on:
+            self._context.watch.watch(mailbox_id, self)
+        else:
+            self._context.watch.unwatch(mailbox_id, self)
 
     async def _login(self, conn: ServerConnection, event: Login) -> None:
         ctx = self._context

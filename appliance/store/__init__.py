@@ -152,6 +152,9 @@ class Store:
         # their ratio is the group size that makes durable delivery fast.
         self.group_commits = 0
         self.group_operations = 0
+        # Called on the submitters' event loop after each group commit with the
+        # mailboxes it changed, so sessions can tell their clients at once.
+        self.on_change: Callable[[frozenset[int]], None] | None = None
 
     # -- reading ---------------------------------------------------------------------
 
@@ -262,6 +265,7 @@ class Store:
 
     def _run_group(self, batch: list[_Pending]) -> list[tuple[bool, object]]:
         outcomes: list[tuple[bool, object]] = []
+        touched: set[int] = set()
         with self._gate.shared():
             parent = self._begin(write=True)
             try:
@@ -270,8 +274,10 @@ class Store:
                     # rolled back alone and the rest of the group still commits.
                     child = self._env.begin(write=True, parent=parent)
                     try:
-                        result = pending.operation(Transaction(child, self._dbs))
+                        txn = Transaction(child, self._dbs)
+                        result = pending.operation(txn)
                         child.commit()
+                        touched |= txn.touched
                         outcomes.append((True, result))
                     except lmdb.MapFullError:
                         child.abort()
@@ -282,6 +288,8 @@ class Store:
                 parent.commit()
                 self.group_commits += 1
                 self.group_operations += len(batch)
+                if touched and self.on_change is not None:
+                    batch[0].loop.call_soon_threadsafe(self.on_change, frozenset(touched))
             except BaseException:
                 parent.abort()
                 raise

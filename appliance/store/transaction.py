@@ -71,11 +71,14 @@ class Transaction:
     they must not outlive the call that produced them.
     """
 
-    __slots__ = ("_txn", "_dbs")
+    __slots__ = ("_txn", "_dbs", "touched")
 
     def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database]):
         self._txn = txn
         self._dbs = dbs
+        # Mailboxes whose record this transaction wrote: every change to a
+        # mailbox's messages goes through its record (UIDNEXT, HIGHESTMODSEQ).
+        self.touched: set[int] = set()
 
     # -- low level -----------------------------------------------------------------
 
@@ -256,6 +259,7 @@ class Transaction:
         )
 
     def _put_mailbox(self, mailbox: Mailbox) -> None:
+        self.touched.add(mailbox.id)
         self._put(
             "mailboxes",
             _U64.pack(mailbox.id),
@@ -362,6 +366,7 @@ class Transaction:
             self._release_blob(_unpack(value)["blob"])
             self._txn.delete(key, db=self._dbs["messages"])
         self._delete("mailboxes", prefix)
+        self.touched.add(mailbox.id)
         self._delete("mailbox_names", _U64.pack(mailbox.account_id) + _text(mailbox.name))
 
     # -- messages and blobs ----------------------------------------------------------

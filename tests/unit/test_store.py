@@ -336,3 +336,20 @@ def test_append_message_stores_a_new_body_in_one_mailbox(store):
     assert (after.uidnext, after.messages, after.highestmodseq) == (2, 1, entry.modseq)
     store.apply(lambda txn: txn.expunge(sent.id, [1]))
     assert store.check()["blobs"] == 0
+
+
+def test_group_commits_report_the_mailboxes_they_changed(store):
+    add_users(store, "a@example.org", "b@example.org")
+    inbox_a, _ = inbox_of(store, "a@example.org")
+    inbox_b, _ = inbox_of(store, "b@example.org")
+    store.start()
+
+    async def deliver():
+        reported = []
+        store.on_change = reported.append
+        local = [("a@example.org", b""), ("b@example.org", b"")]
+        await store.submit(lambda txn: txn.deliver(b"m\r\n", local, ""))
+        await asyncio.sleep(0)  # the report is scheduled on the loop after the commit
+        return reported
+
+    assert asyncio.run(deliver()) == [frozenset({inbox_a.id, inbox_b.id})]
