@@ -16,6 +16,8 @@ from appliance.store import open_store
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery"
+# What `serve` prints once every listener is open.
+READY = "ready hostname="
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -84,6 +86,7 @@ class Appliance:
     def start(self) -> None:
         self.write_config()
         self.log_path = self.data / "serve.log"
+        readies = self.log().count(READY)
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open by the child
         self.process = subprocess.Popen(
             [sys.executable, "-m", "appliance", "--data", str(self.data), "serve"],
@@ -95,6 +98,9 @@ class Appliance:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"appliance exited: {self.log()}")
+            if self.log().count(READY) == readies:  # not every listener is up yet
+                time.sleep(0.05)
+                continue
             try:
                 with socket.create_connection((self.host, self.port), timeout=1) as s:
                     if s.recv(100).startswith(b"220"):
@@ -117,7 +123,9 @@ class Appliance:
             raise
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path else ""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
 
     def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
         return cli(self.data, *args, stdin=stdin)
