@@ -169,6 +169,17 @@ class Session(asyncio.Protocol):
             self.client, settings.max_connections, settings.max_connections_per_client
         )
 
+    def core_options(self) -> dict[str, Any]:
+        """What a POP3 or IMAP core is built with: identity, limits, TLS and login rules."""
+        ctx = self._context
+        return {
+            "hostname": ctx.hostname,
+            "limits": ctx.settings.limits,
+            "tls_available": ctx.tls is not None,
+            "tls_active": self.tls_active,
+            "login_allowed": self.plaintext_login_allowed(),
+        }
+
     def plaintext_login_allowed(self) -> bool:
         """RFC 8314, RFC 9051 6.2.3, RFC 2595 3.1: passwords only over TLS, except
         on a loopback listener, where the connection cannot leave the machine."""

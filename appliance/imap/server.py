@@ -145,16 +145,6 @@ class ImapSession(Session):
         self._selected: Selected | None = None
         self._idling = False
 
-    def _new_connection(self) -> ServerConnection:
-        ctx = self._context
-        return ServerConnection(
-            hostname=ctx.hostname,
-            limits=ctx.settings.limits,
-            tls_available=ctx.tls is not None,
-            tls_active=self.tls_active,
-            login_allowed=self.plaintext_login_allowed(),
-        )
-
     async def flush(self, conn: ServerConnection) -> None:
         pieces = conn.data_to_send()
         if pieces and not self.transport.is_closing():
@@ -162,7 +152,7 @@ class ImapSession(Session):
             await self._writable.wait()
 
     async def serve(self, admitted: bool) -> None:
-        conn = self._new_connection()
+        conn = ServerConnection(**self.core_options())
         if not admitted:
             conn.refuse_busy()
             log.info("imap refused client=%s reason=too-many-connections", self.client)

@@ -57,18 +57,8 @@ class Pop3Session(Session):
         self._mailbox_id: int | None = None
         self._messages: list[MessageEntry] = []
 
-    def _new_connection(self) -> ServerConnection:
-        ctx = self._context
-        return ServerConnection(
-            hostname=ctx.hostname,
-            limits=ctx.settings.limits,
-            tls_available=ctx.tls is not None,
-            tls_active=self.tls_active,
-            login_allowed=self.plaintext_login_allowed(),
-        )
-
     async def serve(self, admitted: bool) -> None:
-        conn = self._new_connection()
+        conn = ServerConnection(**self.core_options())
         if not admitted:
             conn.refuse_busy()
             log.info("pop3 refused client=%s reason=too-many-connections", self.client)

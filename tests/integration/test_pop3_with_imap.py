@@ -7,7 +7,7 @@ import re
 import pytest
 
 from tests.conftest import PASSWORD
-from tests.integration.test_pop3 import USER, deliver
+from tests.integration.test_pop3 import USER, deliver, login
 
 
 def imap_login(app) -> imaplib.IMAP4:
@@ -15,13 +15,6 @@ def imap_login(app) -> imaplib.IMAP4:
     imap.login(USER, PASSWORD)
     imap.select("INBOX")
     return imap
-
-
-def pop_login(app) -> poplib.POP3:
-    pop = poplib.POP3(app.host, app.pop3_port, timeout=30)
-    pop.user(USER)
-    pop.pass_(PASSWORD)
-    return pop
 
 
 def imap_uids(imap) -> list[int]:
@@ -36,7 +29,7 @@ def test_pop3_deletions_reach_imap_and_imap_expunges_do_not_break_pop3(appliance
     uidvalidity = int(re.search(rb"UIDVALIDITY (\d+)", data[0]).group(1))
 
     # UIDLs agree with IMAP's UIDs and UIDVALIDITY.
-    pop = pop_login(appliance)
+    pop = login(appliance)
     _, listing, _ = pop.uidl()
     assert [line.split()[1] for line in listing] == [
         b"%08X%08X" % (uid, uidvalidity) for uid in imap_uids(imap)
@@ -49,7 +42,7 @@ def test_pop3_deletions_reach_imap_and_imap_expunges_do_not_break_pop3(appliance
     assert imap_uids(imap) == [2, 3, 4]
 
     # IMAP expunges a message that a new POP3 session holds in its maildrop.
-    pop = pop_login(appliance)
+    pop = login(appliance)
     assert pop.stat()[0] == 3
     imap.store("1", "+FLAGS", "(\\Deleted)")
     imap.expunge()
