@@ -25,8 +25,8 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed  ## side by side with Postfix and Dovecot; see bench/README.md
 	@$(MAKE) --no-print-directory debian-packages PACKAGES="$(BENCH_PACKAGES)"
-	$(PYTHON) bench/smtp_inbound
-	$(PYTHON) bench/pop3
+	$(BIN)/python bench/smtp_inbound
+	$(BIN)/python bench/pop3
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
