@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from appliance.config import ImapSettings
-from appliance.imap import structure
 from appliance.imap.parser import (
     Command,
     FetchAttr,
@@ -59,6 +58,7 @@ from appliance.imap.protocol import (
     StartTLS,
 )
 from appliance.login import LoginGuard
+from appliance.message import structure
 from appliance.sessions import Listener, MailboxWatch, Session
 from appliance.store import AlreadyExists, Mailbox, MessageEntry, NotFound, Store
 
