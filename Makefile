@@ -5,8 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= var
 # Debian packages the tests drive as real clients and peers.
-TEST_PACKAGES := swaks openssl fetchmail mpop curl
-BENCH_PACKAGES := postfix dovecot-core dovecot-lmtpd dovecot-pop3d
+TEST_PACKAGES := swaks openssl fetchmail mpop curl isync dovecot-core dovecot-imapd
+BENCH_PACKAGES := postfix dovecot-core dovecot-lmtpd dovecot-pop3d dovecot-imapd
 
 .PHONY: run test lint bench dist-clean
 
