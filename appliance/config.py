@@ -94,6 +94,9 @@ class ImapSettings:
     limits: ImapLimits = field(default_factory=ImapLimits)
     # RFC 9051 5.4: an inactivity autologout timer of at least 30 minutes.
     idle_timeout: float = 1800.0
+    # A literal longer than this is read from the store and written in pieces
+    # of this size, each in a short read transaction (as POP3's read_chunk).
+    read_chunk: int = 256 * 1024
     # As for POP3: clear-text logins only where the connection cannot leave the machine.
     plaintext_login_on_loopback: bool = True
     max_connections: int = 200

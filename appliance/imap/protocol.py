@@ -344,7 +344,9 @@ class ServerConnection:
 
         Parts are joined as they are (str as UTF-8). A literal is its
         literal_header() followed by its octets; big octets given as a
-        memoryview are not copied, and must stay valid until written. Valid at
+        memoryview are not copied, and must stay valid until written. Any
+        other object is handed out by data_to_send() as it is, in its place,
+        for the session to write (octets it reads from the store later). Valid at
         any time: between commands and during IDLE too, within what RFC 9051
         5.3 allows.
         """
@@ -356,8 +358,10 @@ class ServerConnection:
                 self._write(part.encode())
             elif isinstance(part, memoryview) and part.nbytes >= _PASS_THROUGH_MIN:
                 self._output.append(part)
-            else:
+            elif isinstance(part, bytes | bytearray | memoryview):
                 self._write(part)
+            else:
+                self._output.append(part)  # the session's own kind of piece, written by it
         self._write(b"\r\n")
 
     def respond(

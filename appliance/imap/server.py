@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from appliance.config import ImapSettings
+from appliance.imap.fetch import BodyStream, StoredMessage, load_structure, ranges_size
 from appliance.imap.parser import (
     Command,
     FetchAttr,
@@ -63,6 +64,11 @@ from appliance.sessions import Listener, MailboxWatch, Session
 from appliance.store import AlreadyExists, Mailbox, MessageEntry, NotFound, Store
 
 log = logging.getLogger(__name__)
+
+# While a long literal is streamed, the map's pages it read are unmapped
+# every so often, so that serving a 50 MB message does not add 50 MB to the
+# process's RSS (they stay in the page cache).
+_UNMAP_EVERY = 4 * 1024 * 1024
 
 DELIMITER = "/"
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -146,10 +152,49 @@ class ImapSession(Session):
         self._idling = False
 
     async def flush(self, conn: ServerConnection) -> None:
-        pieces = conn.data_to_send()
+        ready: list[bytes | memoryview] = []
+        for piece in conn.data_to_send():
+            if isinstance(piece, BodyStream):
+                await self._write_pieces(ready)
+                ready = []
+                await self._stream(piece)
+            else:
+                ready.append(piece)
+        await self._write_pieces(ready)
+
+    async def _write_pieces(self, pieces: list[bytes | memoryview]) -> None:
         if pieces and not self.transport.is_closing():
             self.transport.writelines(pieces)
             await self._writable.wait()
+
+    async def _stream(self, stream: BodyStream) -> None:
+        """A long literal, read from the store one chunk per short transaction
+        and written under the peer's flow control (a slow reader holds no
+        transaction open, so it never stops the map from growing)."""
+        store = self._context.store
+        unmapped_at = 0
+        for from_head, start, end in stream.pieces(self._context.settings.read_chunk):
+            if self.transport.is_closing():
+                return
+            if from_head:
+                data = stream.head[start:end]
+            else:
+                with store.reader(buffers=True) as txn:
+                    body = txn.blob(stream.blob_id)
+                    # Copied while the pages are held: the transport may keep it.
+                    data = None if body is None else bytes(body[start:end])
+            if data is None:
+                # Expunged and its pages freed mid-literal: the octets promised
+                # cannot be sent, and nothing else may stand in for them.
+                log.info("imap fetch lost its message client=%s", self.client)
+                self.transport.abort()
+                return
+            self.transport.write(data)
+            await self._writable.wait()
+            if end - unmapped_at >= _UNMAP_EVERY:
+                store.forget_pages()
+                unmapped_at = end
+        store.forget_pages()
 
     async def serve(self, admitted: bool) -> None:
         conn = ServerConnection(**self.core_options())
@@ -595,6 +640,7 @@ class ImapSession(Session):
                 m.data,
                 tuple(f for f in m.flags if f != "\\Recent"),
                 None if m.date is None else m.date.timestamp(),
+                structure.analyze(m.data).to_record(),
             )
             for m in command.args.messages
         ]
@@ -758,39 +804,31 @@ class ImapSession(Session):
         batch = 1 if needs_message else 256
         for first in range(0, len(targets), batch):
             chunk = targets[first : first + batch]
+            # Responses are made while the transaction holds the body's pages:
+            # what goes out later (BodyStream) reads them again in pieces.
             with store.reader(buffers=True) as txn:
-                loaded = []
                 for seq, uid in chunk:
                     entry = txn.message(mailbox_id, uid)
                     if entry is None:
                         continue  # expunged, its EXPUNGE not sent yet
+                    if args.changed_since is not None and entry.modseq <= args.changed_since:
+                        continue
                     message = None
                     if needs_message:
-                        blob = txn.blob(entry.blob_id)
-                        message = entry.head + (bytes(blob) if blob is not None else b"")
-                    loaded.append((seq, entry, message))
-            for seq, entry, message in loaded:
-                if args.changed_since is not None and entry.modseq <= args.changed_since:
-                    continue
-                parts = self._fetch_items(conn, entry, message, items)
-                if entry.uid in changed or FetchAttr("FLAGS") in items:
-                    sel.known[entry.uid] = (entry.flags, entry.modseq)
-                conn.untagged(f"{seq} FETCH (", *parts, ")")
+                        body = txn.blob(entry.blob_id) or b""
+                        found = load_structure(txn.blob_info(entry.blob_id), body)
+                        message = StoredMessage(entry.head, body, found)
+                    parts = self._fetch_items(conn, entry, message, items)
+                    if entry.uid in changed or FetchAttr("FLAGS") in items:
+                        sel.known[entry.uid] = (entry.flags, entry.modseq)
+                    conn.untagged(f"{seq} FETCH (", *parts, ")")
             await self.flush(conn)
         return None
 
     def _fetch_items(
-        self, conn: ServerConnection, entry: MessageEntry, message: bytes | None, items
-    ) -> list[bytes | str]:
-        out: list[bytes | str] = []
-        parsed = None
-
-        def analyzed():
-            nonlocal parsed
-            if parsed is None:
-                parsed = structure.analyze(message)
-            return parsed
-
+        self, conn: ServerConnection, entry: MessageEntry, message: StoredMessage | None, items
+    ) -> list[bytes | str | BodyStream]:
+        out: list[bytes | str | BodyStream] = []
         for item in items:
             if out:
                 out.append(" ")
@@ -807,69 +845,67 @@ class ImapSession(Session):
                 elif name == "MODSEQ":
                     out.append(f"MODSEQ ({entry.modseq})")
                 elif name == "ENVELOPE":
-                    out += ["ENVELOPE ", structure.envelope(analyzed())]
+                    out += ["ENVELOPE ", message.envelope()]
                 elif name == "BODYSTRUCTURE":
                     rev2 = "IMAP4rev2" in conn.enabled
-                    body = structure.bodystructure(analyzed(), True, imap4rev2=rev2)
-                    out += ["BODYSTRUCTURE ", body]
+                    out += ["BODYSTRUCTURE ", message.bodystructure(True, rev2)]
                 elif name == "BODY":
-                    out += ["BODY ", structure.bodystructure(analyzed(), False)]
+                    out += ["BODY ", message.bodystructure(False, False)]
                 elif name == "RFC822":
-                    out += ["RFC822 ", literal_header(len(message)), _octets(message)]
+                    out += ["RFC822 ", *self._literal(entry, message, message.whole())]
                 elif name == "RFC822.HEADER":
-                    data = self._join(
-                        message, structure.section_ranges(analyzed(), message, (), "HEADER")
-                    )
-                    out += ["RFC822.HEADER ", literal_header(len(data)), _octets(data)]
+                    ranges = message.section((), "HEADER")
+                    out += ["RFC822.HEADER ", *self._literal(entry, message, ranges)]
                 elif name == "RFC822.TEXT":
-                    data = self._join(
-                        message, structure.section_ranges(analyzed(), message, (), "TEXT")
-                    )
-                    out += ["RFC822.TEXT ", literal_header(len(data)), _octets(data)]
+                    ranges = message.section((), "TEXT")
+                    out += ["RFC822.TEXT ", *self._literal(entry, message, ranges)]
                 else:
                     out.pop() if out else None
             elif isinstance(item, FetchBinarySize):
                 try:
-                    size = structure.binary_size(analyzed(), message, item.part)
+                    size = message.binary_size(item.part)
                 except structure.UnknownTransferEncoding:
                     raise Failure("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
                 out.append(f"{item.label()} {size}")
             else:
-                data = self._section(message, item, analyzed)
-                binary = item.binary and b"\0" in data
-                out += [item.label(), " ", literal_header(len(data), binary), _octets(data)]
+                out += [item.label(), " ", *self._body_item(entry, message, item)]
         return out
 
-    @staticmethod
-    def _join(message: bytes, ranges) -> bytes:
-        if len(ranges) == 1 and ranges[0] == (0, len(message)):
-            return message
-        return b"".join(message[start:end] for start, end in ranges)
+    def _literal(
+        self, entry: MessageEntry, message: StoredMessage, ranges, binary: bool = False
+    ) -> list[bytes | BodyStream]:
+        """A literal of the message's octets at `ranges`: copied now when small,
+        streamed from the store when it is longer than one read chunk."""
+        size = ranges_size(ranges)
+        if size > self._context.settings.read_chunk:
+            data = BodyStream(entry.blob_id, message.head, ranges, size)
+        else:
+            data = message.octets(ranges)
+        if binary and isinstance(data, bytes):
+            binary = b"\0" in data
+        return [literal_header(size, binary), data]
 
-    def _section(self, message: bytes, item: FetchBody, analyzed) -> bytes:
+    def _body_item(
+        self, entry: MessageEntry, message: StoredMessage, item: FetchBody
+    ) -> list[bytes | BodyStream]:
         section = item.section
-        whole = not section.part and section.text is None
-        if whole:
-            ranges = [(0, len(message))]
-        elif item.binary:
+        if item.binary:
             try:
-                content = structure.binary_section(analyzed(), message, section.part)
+                content = message.binary(section.part)
             except structure.UnknownTransferEncoding:
                 raise Failure("Unknown Content-Transfer-Encoding", "UNKNOWN-CTE") from None
             if isinstance(content, bytes):
                 if item.partial is not None:
                     start, count = item.partial
-                    return content[start : start + count]
-                return content
+                    content = content[start : start + count]
+                return [literal_header(len(content), b"\0" in content), content]
             ranges = content
         else:
-            ranges = structure.section_ranges(
-                analyzed(), message, section.part, section.text, section.fields
-            )
+            ranges = message.section(section.part, section.text, section.fields)
         if item.partial is not None:
             start, count = item.partial
             ranges = structure.slice_ranges(ranges, start, count)
-        return self._join(message, ranges)
+        return self._literal(entry, message, ranges, binary=item.binary)
 
     async def _store(self, conn: ServerConnection, command: Command):
         sel = self._require_selected()
@@ -1074,11 +1110,6 @@ class _Matcher:
                 message = b"" if end < 0 else message[end + 4 :]
             return key.value.lower().encode() in message.lower()
         return False
-
-
-def _octets(data: bytes) -> bytes | memoryview:
-    """A literal's octets for untagged(): big ones as a view, which it passes on uncopied."""
-    return memoryview(data) if len(data) >= 16 * 1024 else data
 
 
 def _missing(sequence: SequenceSet, present: list[int], largest: int) -> str:

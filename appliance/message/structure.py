@@ -41,7 +41,6 @@ end). StructureLimits bound the work; beyond them the rest is opaque body.
 from __future__ import annotations
 
 import binascii
-import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -183,15 +182,6 @@ class Structure:
         """A msgpack-able value: lists, str, bytes, int and None only."""
         return [RECORD_VERSION, _part_record(self.root)]
 
-    def behind(self, head_length: int) -> Structure:
-        """The structure of the same body with `head_length` octets of header
-        fields put in front of it (the Return-Path: and Received: fields that
-        delivery adds per recipient): the top header grows, all else shifts."""
-        if head_length == 0:
-            return self
-        moved = _shifted(self.root, head_length)
-        return Structure(dataclasses.replace(moved, header_start=0))
-
     @classmethod
     def from_record(cls, value: object) -> Structure:
         if not isinstance(value, list | tuple) or len(value) != 2:
@@ -202,16 +192,6 @@ class Structure:
             return cls(_part_from_record(value[1]))
         except (TypeError, ValueError, IndexError) as error:
             raise RecordError(f"malformed structure record: {error}") from None
-
-
-def _shifted(part: Part, offset: int) -> Part:
-    return dataclasses.replace(
-        part,
-        header_start=part.header_start + offset,
-        body_start=part.body_start + offset,
-        body_end=part.body_end + offset,
-        children=tuple(_shifted(child, offset) for child in part.children),
-    )
 
 
 # ---------------------------------------------------------------------------

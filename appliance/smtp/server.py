@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from appliance.config import SmtpSettings
 from appliance.delivery.local import Refused, resolve
+from appliance.message import structure
 from appliance.sessions import Listener, Session
 from appliance.smtp.protocol import (
     Hello,
@@ -167,9 +168,11 @@ class SmtpSession(Session):
         forwards = tuple(transaction.forwards)
         forward_head = received(forwards[0] if len(forwards) == 1 else None) if forwards else b""
         body = event.content
+        # Analyzed once, here, so that IMAP never parses this body again.
+        info = structure.analyze(body).to_record() if local else None
         try:
             stored = await ctx.store.submit(
-                lambda txn: txn.deliver(body, local, sender, forwards, forward_head)
+                lambda txn: txn.deliver(body, local, sender, forwards, forward_head, info)
             )
         except Exception:
             log.exception("smtp store failed id=%s", queue_id)

@@ -11,7 +11,9 @@ two safe together.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -248,6 +250,9 @@ class Store:
                 batch = [p for p in batch if p is not _STOP]
             if batch:
                 self._commit_group(batch)
+            # Not held while waiting for the next group: an operation may
+            # reference a whole message body.
+            del batch
 
     def _commit_group(self, batch: list[_Pending]) -> None:
         while True:
@@ -307,12 +312,35 @@ class Store:
         """Open every database and count its records: a cheap integrity walk."""
         return self.read(Transaction.counts)
 
+    def forget_pages(self) -> None:
+        """Unmap the pages of the map that this process has read (they stay in
+        the page cache; the next read maps them again). Called after a large
+        body was served, so that the process's RSS does not keep the pages of
+        every big message it ever sent."""
+        data_file = str((self.path / "data.mdb").resolve())
+        with open("/proc/self/maps") as maps:
+            regions = [line.split()[0] for line in maps if line.rstrip().endswith(data_file)]
+        for region in regions:
+            start, end = (int(address, 16) for address in region.split("-"))
+            _madvise(start, end - start, _MADV_DONTNEED)
+
     def map_size(self) -> int:
         return self._env.info()["map_size"]
 
     def close(self) -> None:
         self.stop()
         self._env.close()
+
+
+_MADV_DONTNEED = 4  # <sys/mman.h>
+
+
+def _madvise(start: int, length: int, advice: int) -> None:
+    # The mmap module advises only maps it made itself; LMDB made this one.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    if libc.madvise(start, length, advice) != 0:
+        log.warning("madvise failed: %s", os.strerror(ctypes.get_errno()))
 
 
 def _settle(future: asyncio.Future, ok: bool, value: object) -> None:

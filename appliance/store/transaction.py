@@ -11,6 +11,8 @@ Key layout (integers big-endian so that cursors walk them in order):
     messages       u64 mailbox id + u32 uid     -> message record
     blobs          u64 blob id                  -> raw message bytes, written once
     blob_refs      u64 blob id                  -> msgpack int reference count
+    blob_info      u64 blob id                  -> what delivery learned of the body
+                                                   (its MIME structure), opaque here
     queue          u64 queue id                 -> outbound record
 """
 
@@ -47,6 +49,7 @@ DATABASES = (
     "messages",
     "blobs",
     "blob_refs",
+    "blob_info",
     "queue",
 )
 
@@ -422,6 +425,18 @@ class Transaction:
         """The body bytes; a memoryview into the map when the reader asked for buffers."""
         return self._txn.get(_U64.pack(blob_id), db=self._dbs["blobs"])
 
+    def blob_info(self, blob_id: int) -> object | None:
+        """The record stored with the body when it arrived (None for bodies
+        stored before there was one): readers use it instead of parsing again."""
+        return self._get("blob_info", _U64.pack(blob_id))
+
+    def _put_blob(self, blob_id: int, body: bytes | memoryview, refs: int, info: object) -> None:
+        key = _U64.pack(blob_id)
+        self._txn.put(key, body, db=self._dbs["blobs"])
+        self._put("blob_refs", key, refs)
+        if info is not None:
+            self._put("blob_info", key, info)
+
     def blob_refs(self, blob_id: int) -> int:
         return self._get("blob_refs", _U64.pack(blob_id)) or 0
 
@@ -433,6 +448,7 @@ class Transaction:
         else:
             self._delete("blob_refs", key)
             self._delete("blobs", key)
+            self._delete("blob_info", key)
 
     def append(
         self,
@@ -561,11 +577,11 @@ class Transaction:
         body: bytes | memoryview,
         flags: tuple[str, ...] = (),
         internal_date: float | None = None,
+        info: object | None = None,
     ) -> MessageEntry:
         """Store a new message in one mailbox (IMAP APPEND): a new blob, no trace head."""
         blob_id = self.next_id("blob")
-        self._txn.put(_U64.pack(blob_id), body, db=self._dbs["blobs"])
-        self._put("blob_refs", _U64.pack(blob_id), 1)
+        self._put_blob(blob_id, body, 1, info)
         return self.append(mailbox, blob_id, b"", len(body), tuple(flags), internal_date)
 
     def deliver(
@@ -575,11 +591,13 @@ class Transaction:
         sender: str,
         forward: Iterable[str] = (),
         forward_head: bytes = b"",
+        info: object | None = None,
     ) -> Delivery:
         """Store one incoming message for every recipient, the body once.
 
         `local` pairs each recipient account with the trace header block for
-        its copy; `forward` lists external addresses to queue the message for.
+        its copy; `forward` lists external addresses to queue the message for;
+        `info` is kept with the body (see blob_info()).
         """
         blob_id = self.next_id("blob")
         entries: list[MessageEntry] = []
@@ -596,8 +614,7 @@ class Transaction:
         queued = self._enqueue(blob_id, forward_head, sender, forward, date) if forward else None
         refs = len(entries) + (1 if queued else 0)
         if refs:
-            self._txn.put(_U64.pack(blob_id), body, db=self._dbs["blobs"])
-            self._put("blob_refs", _U64.pack(blob_id), refs)
+            self._put_blob(blob_id, body, refs, info)
         return Delivery(blob_id, tuple(entries), queued, tuple(missing))
 
     # -- outbound queue --------------------------------------------------------------

@@ -1,5 +1,6 @@
 """IMAP over real sockets with imaplib: what a mail client sees and relies on."""
 
+import hashlib
 import imaplib
 import re
 import smtplib
@@ -466,3 +467,46 @@ def test_an_idling_client_is_told_goodbye_at_shutdown(appliance):
     assert time.monotonic() - started < 5
     assert imap.readline().startswith(b"* BYE")
     appliance.start()  # for the fixture's own stop
+
+
+def _rss_kib(pid: int, field: str = "VmRSS") -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def test_a_50_mb_message_is_fetched_in_under_10_mb_of_memory(appliance):
+    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-=\r\n"
+    body = b"Subject: huge\r\n\r\n" + line * (50_000_000 // len(line))
+    with smtplib.SMTP(appliance.host, appliance.port) as client:
+        client.sendmail("sender@elsewhere.test", [USER], body)
+    pid = appliance.process.pid
+    imap = connect(appliance)
+    ok(imap.select())
+    time.sleep(0.5)  # the delivery's buffers are freed
+    rss_before, heap_before = _rss_kib(pid), _rss_kib(pid, "RssAnon")
+    heap_peak = heap_before
+    imap.send(b"a1 FETCH 1 (BODY.PEEK[])\r\n")
+    header = imap.readline()
+    size = int(re.search(rb"\{(\d+)\}\r\n$", header).group(1))
+    received, digest = 0, hashlib.sha256()
+    while received < size:
+        chunk = imap.read(min(1 << 20, size - received))
+        assert chunk, "the connection closed mid-literal"
+        digest.update(chunk)
+        received += len(chunk)
+        heap_peak = max(heap_peak, _rss_kib(pid, "RssAnon"))
+    assert imap.readline() == b")\r\n"
+    assert imap.readline().startswith(b"a1 OK")
+    rss_after = _rss_kib(pid)
+    imap.logout()
+    assert size > 50_000_000
+    assert digest.digest() == hashlib.sha256(appliance.inbox(USER)[0]).digest()
+    # Never copied into the heap: it grows by a few read chunks at most.
+    assert heap_peak - heap_before < 10 * 1024, f"heap grew by {heap_peak - heap_before} KiB"
+    # The map's pages that were read are file-backed, and unmapped as the
+    # literal goes out (how many are mapped at once in between depends on
+    # the kernel's fault-around); afterwards the process is no bigger.
+    assert rss_after - rss_before < 10 * 1024, f"RSS grew by {rss_after - rss_before} KiB"

@@ -963,14 +963,3 @@ def test_slice_ranges_is_slicing_the_joined_content(spans, data):
     count = data.draw(st.integers(1, len(whole) + 3))
 
     assert join(message, slice_ranges(ranges, start, count)) == whole[start : start + count]
-
-
-def test_behind_a_prepended_head_is_the_structure_of_head_plus_body():
-    head = b"Return-Path: <a@example.org>\r\nReceived: from x by y; now\r\n"
-    body = (
-        b"From: A <a@example.org>\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
-        b"--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b\r\n"
-        b"Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n--b--\r\n"
-    )
-    assert analyze(body).behind(len(head)) == analyze(head + body)
-    assert analyze(body).behind(0) == analyze(body)

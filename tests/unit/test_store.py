@@ -353,3 +353,20 @@ def test_group_commits_report_the_mailboxes_they_changed(store):
         return reported
 
     assert asyncio.run(deliver()) == [frozenset({inbox_a.id, inbox_b.id})]
+
+
+def test_what_delivery_learned_of_a_body_lives_and_dies_with_it(store):
+    add_users(store, "a@example.org")
+    inbox, _ = inbox_of(store, "a@example.org")
+    delivered = store.apply(
+        lambda txn: txn.deliver(b"x\r\n", [("a@example.org", b"")], "", info=[1, "parts"])
+    )
+    appended = store.apply(lambda txn: txn.append_message(inbox, b"y\r\n", info={"k": 2}))
+    plain = store.apply(lambda txn: txn.append_message(inbox, b"z\r\n"))
+    assert store.read(lambda txn: txn.blob_info(delivered.blob_id)) == [1, "parts"]
+    assert store.read(lambda txn: txn.blob_info(appended.blob_id)) == {"k": 2}
+    assert store.read(lambda txn: txn.blob_info(plain.blob_id)) is None
+    store.apply(lambda txn: txn.expunge(inbox.id, [1, 2]))
+    assert store.read(lambda txn: txn.blob_info(delivered.blob_id)) is None
+    assert store.read(lambda txn: txn.blob_info(appended.blob_id)) is None
+    assert store.check()["blob_info"] == 0
