@@ -8,10 +8,10 @@ as EXISTS, FETCH (FLAGS) and EXPUNGE. EXPUNGE waits for a command that allows
 it (RFC 9051 7.5.1: not during FETCH, STORE or SEARCH); until then the gone
 messages keep their sequence numbers and match nothing.
 
-Message bodies are read in one short read transaction per message, copied
-once into the heap while it is open, never across an await. ENVELOPE,
-BODYSTRUCTURE and sections are computed from head + body on the fly
-(structure.py); the store does not cache the structure yet.
+Each FETCH response is made inside one short read transaction (none spans
+an await), from the structure that delivery stored with the body (fetch.py):
+small literals are copied out while it is open, long ones are streamed from
+the store afterwards in pieces, each read in a transaction of its own.
 """
 
 from __future__ import annotations
