@@ -2,8 +2,9 @@
 
 Finding the peers' tools, free loopback ports, bounded waits for a server's
 greeting, stopping what a script started by PID, sampling a process's RSS,
-running the appliance's CLI, and the part of a Dovecot configuration that
-every benchmark's private Dovecot instance has in common.
+running the appliance's CLI, the part of a Dovecot configuration that
+every benchmark's private Dovecot instance has in common, and the
+generated messages that the POP3 and IMAP benchmarks serve.
 
 Standard library only.  A script sets PROG to its own name first, so that
 its progress lines on stderr say who wrote them.
@@ -11,8 +12,11 @@ its progress lines on stderr say who wrote them.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import os
 import pwd
+import random
 import shlex
 import shutil
 import signal
@@ -128,10 +132,12 @@ def wait_banner(
     proc: subprocess.Popen | None,
     logs: list[Path],
     expect: bytes = b"220",
+    goodbye: bytes = b"QUIT\r\n",
 ) -> str:
-    """Connect until a greeting starting with `expect` is read, then QUIT.
+    """Connect until a greeting starting with `expect` is read, then say goodbye.
 
-    220 for SMTP and LMTP, +OK for POP3 (both know QUIT). Bounded by timeout.
+    220 for SMTP and LMTP, +OK for POP3 (both know QUIT); for IMAP, `* OK`
+    and a tagged LOGOUT. Bounded by timeout.
     """
     family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
     deadline = time.monotonic() + timeout
@@ -146,7 +152,7 @@ def wait_banner(
                 banner = read_banner(s)
                 if banner.startswith(expect):
                     try:
-                        s.sendall(b"QUIT\r\n")
+                        s.sendall(goodbye)
                         read_banner(s)
                     except OSError:
                         pass
@@ -230,21 +236,26 @@ def stop_child(proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None
 
 
 class RssSampler(threading.Thread):
-    """Samples VmRSS of one process every POLL seconds until stopped."""
+    """Samples VmRSS (and its anonymous part, RssAnon) of a process, or the
+    sum over a few processes, every POLL seconds until stopped or until none
+    of them is left."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, *more: int) -> None:
         super().__init__(daemon=True)
-        self.pid = pid
+        self.pids = (pid, *more)
         self.max_kb = 0
+        self.anon_max_kb = 0
         self.samples = 0
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            rss = kb(proc_status(self.pid).get("VmRSS"))
-            if rss is None:
+            statuses = [s for s in map(proc_status, self.pids) if "VmRSS" in s]
+            if not statuses:
                 return
-            self.max_kb = max(self.max_kb, rss)
+            self.max_kb = max(self.max_kb, sum(kb(s["VmRSS"]) or 0 for s in statuses))
+            anon = sum(kb(s.get("RssAnon")) or 0 for s in statuses)
+            self.anon_max_kb = max(self.anon_max_kb, anon)
             self.samples += 1
             self._stop_event.wait(POLL)
 
@@ -303,6 +314,14 @@ def pick_mail_user() -> pwd.struct_passwd:
     raise BenchError("no system user `mail` or `nobody` to own the Dovecot mailbox")
 
 
+def dovecot_version(dovecot: str) -> str | None:
+    try:
+        r = subprocess.run([dovecot, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.split()[0] if r.returncode == 0 and r.stdout.split() else None
+
+
 def dovecot_base_conf(dv: Path, protocols: str, user: pwd.struct_passwd) -> str:
     """The settings every private Dovecot instance shares: its own run, state
     and log paths under dv, loopback only, no TLS, plaintext logins allowed
@@ -325,3 +344,116 @@ mail_fsync = optimized
 first_valid_uid = {user.pw_uid}
 first_valid_gid = {user.pw_gid}
 """
+
+
+# --------------------------------------------------------------------------
+# The messages: generated, deterministic (the same options give the same bytes)
+
+_WORD_TEXT = (
+    "mail box queue relay header body line dot stuff octet server client session "
+    "maildir index cache flag seen answer draft folder account domain record blob "
+    "commit sync transaction cursor page tree branch leaf key value store loop "
+    "socket buffer chunk stream window frame packet route hop bounce notice report "
+    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike"
+)
+WORDS = _WORD_TEXT.split()
+NAMES = ("Ada Byron", "Alan Kay", "Grace Hopper", "Ken Thompson", "Barbara Liskov",
+         "Edsger Dijkstra", "Frances Allen", "Dennis Ritchie", "Radia Perlman")  # fmt: skip
+SENDER_DOMAINS = ("example.org", "example.net", "lists.example.com", "mx.example.edu")
+# Lines that a POP3 server has to dot-stuff, and poplib has to unstuff;
+# an IMAP server sends them as they are.
+DOT_LINES = (".", "..", "...", ". a lone dot and a space", ".signature follows",
+             "..double dot", ".\tdot and tab", "....")  # fmt: skip
+EXTRA_FIELDS = (
+    ("X-Mailer", lambda r: f"BenchMailer {r.randint(1, 9)}.{r.randint(0, 20)}"),
+    ("X-Priority", lambda r: str(r.randint(1, 5))),
+    ("List-Id", lambda r: f"<{r.choice(WORDS)}.{r.choice(SENDER_DOMAINS)}>"),
+    ("Precedence", lambda r: r.choice(("bulk", "list", "junk"))),
+    ("X-Spam-Score", lambda r: f"{r.uniform(-5, 10):.1f}"),
+    ("Keywords", lambda r: ", ".join(r.sample(WORDS, 4))),
+    ("Reply-To", lambda r: f"{r.choice(WORDS)}@{r.choice(SENDER_DOMAINS)}"),
+    ("In-Reply-To", lambda r: f"<{r.getrandbits(64):016x}@{r.choice(SENDER_DOMAINS)}>"),
+)
+EPOCH = datetime.datetime(2024, 3, 1, 8, 0, 0, tzinfo=datetime.UTC)
+
+
+def words(r: random.Random, low: int, high: int) -> str:
+    return " ".join(r.choices(WORDS, k=r.randint(low, high)))
+
+
+def body_line(r: random.Random) -> str:
+    kind = r.random()
+    if kind < 0.08:
+        return ""
+    if kind < 0.16:
+        return r.choice(DOT_LINES)
+    if kind < 0.20:
+        return "." + words(r, 1, 8)  # more dots, random text after them
+    if kind < 0.24:
+        return "\t" + words(r, 1, 6)
+    if kind < 0.27:
+        return "From " + words(r, 1, 5)  # an mbox separator look-alike
+    if kind < 0.30:
+        return words(r, 1, 6) + "  "  # trailing white space stays
+    line = words(r, 1, 14)
+    return line[:78].rstrip()
+
+
+def make_message(n: int, size: int) -> bytes:
+    """Message n (from 1) of about `size` bytes: CRLF line ends, ASCII only,
+    first line `X-Bench-Id: n`. Only n and size decide its bytes."""
+    # The seed names bench/pop3, where the generator began: the bytes stay those
+    # of earlier runs.
+    r = random.Random(f"bench/pop3 message {n} size {size}")
+    name = r.choice(NAMES)
+    sender = f"{name.split()[0].lower()}@{r.choice(SENDER_DOMAINS)}"
+    date = EPOCH + datetime.timedelta(seconds=n * 97 + r.randint(0, 90))
+    fields = [f"X-Bench-Id: {n}"]
+    for hop in range(r.randint(0, 2)):
+        fields.append(
+            f"Received: from relay{hop}.{r.choice(SENDER_DOMAINS)} ([192.0.2.{r.randint(1, 254)}])"
+            f"\r\n\tby mx.{r.choice(SENDER_DOMAINS)} with ESMTP id {r.getrandbits(40):010x}"
+            f"; {email.utils.format_datetime(date)}"
+        )
+    fields.append(f'From: "{name}" <{sender}>')
+    fields.append(f"To: {RECIPIENT}")
+    if r.random() < 0.3:
+        fields.append(f"Cc: {r.choice(WORDS)}@{DOMAIN},\r\n {r.choice(WORDS)}@{DOMAIN}")
+    subject = words(r, 2, 16)
+    if len(subject) > 60:  # folded
+        cut = subject.rfind(" ", 0, 50)
+        subject = subject[:cut] + "\r\n " + subject[cut + 1 :]
+    fields.append(f"Subject: {subject}")
+    fields.append(f"Date: {email.utils.format_datetime(date)}")
+    fields.append(f"Message-ID: <{n}.{r.getrandbits(48):012x}@{r.choice(SENDER_DOMAINS)}>")
+    for field_name, value in r.sample(EXTRA_FIELDS, r.randint(0, 4)):
+        fields.append(f"{field_name}: {value(r)}")
+    fields.append("MIME-Version: 1.0")
+    fields.append("Content-Type: text/plain; charset=us-ascii")
+    fields.append("Content-Transfer-Encoding: 7bit")
+    head = "\r\n".join(fields) + "\r\n\r\n"
+
+    lines = []
+    used = len(head)
+    while True:
+        line = body_line(r)
+        if used + len(line) + 2 > size - 80:
+            break
+        lines.append(line)
+        used += len(line) + 2
+    # Fill up to `size` exactly with one or two lines of text (when it fits).
+    rest = size - used
+    while rest > 2:
+        take = min(rest - 2, 78)
+        filler = (words(r, 20, 20) * 2)[:take]
+        if filler.startswith(" ") or filler.endswith(" "):
+            filler = "x" + filler[1:-1] + "x" if take > 1 else "x"
+        lines.append(filler)
+        rest -= take + 2
+    if not lines:
+        lines.append("x")
+    return (head + "\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def make_messages(count: int, size: int) -> list[bytes]:
+    return [make_message(n, size) for n in range(1, count + 1)]
