@@ -65,11 +65,6 @@ from appliance.store import AlreadyExists, Mailbox, MessageEntry, NotFound, Stor
 
 log = logging.getLogger(__name__)
 
-# While a long literal is streamed, the map's pages it read are unmapped
-# every so often, so that serving a 50 MB message does not add 50 MB to the
-# process's RSS (they stay in the page cache).
-_UNMAP_EVERY = 4 * 1024 * 1024
-
 DELIMITER = "/"
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 # Changes made in this process reach an IDLE session at once (MailboxWatch);
@@ -172,7 +167,6 @@ class ImapSession(Session):
         and written under the peer's flow control (a slow reader holds no
         transaction open, so it never stops the map from growing)."""
         store = self._context.store
-        unmapped_at = 0
         for from_head, start, end in stream.pieces(self._context.settings.read_chunk):
             if self.transport.is_closing():
                 return
@@ -190,11 +184,9 @@ class ImapSession(Session):
                 self.transport.abort()
                 return
             self.transport.write(data)
+            store.streamed(len(data))
             await self._writable.wait()
-            if end - unmapped_at >= _UNMAP_EVERY:
-                store.forget_pages()
-                unmapped_at = end
-        store.forget_pages()
+        store.streamed(0, done=True)
 
     async def serve(self, admitted: bool) -> None:
         conn = ServerConnection(**self.core_options())

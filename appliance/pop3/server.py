@@ -173,9 +173,12 @@ class Pop3Session(Session):
             if last:
                 break
             await self.write(data)
+            store.streamed(len(data))
             pending = []
         conn.retrieve_done()
         await self.write(b"".join([data, *stuffer.finish(), conn.data_to_send()]))
+        if offset > chunk:
+            store.streamed(len(data), done=True)
 
     async def _update(self, conn: ServerConnection, event: Update) -> None:
         uids = [self._messages[index].uid for index in event.deleted]

@@ -145,6 +145,7 @@ class Store:
             readahead=False,
         )
         self._gate = _TxnGate()
+        self._streamed = 0  # see streamed()
         with self._env.begin(write=True) as txn:
             self._dbs = {name: self._env.open_db(name.encode(), txn=txn) for name in DATABASES}
         self.apply(schema.upgrade)
@@ -312,11 +313,18 @@ class Store:
         """Open every database and count its records: a cheap integrity walk."""
         return self.read(Transaction.counts)
 
-    def forget_pages(self) -> None:
-        """Unmap the pages of the map that this process has read (they stay in
-        the page cache; the next read maps them again). Called after a large
-        body was served, so that the process's RSS does not keep the pages of
-        every big message it ever sent."""
+    def streamed(self, octets: int, done: bool = False) -> None:
+        """A session served this many octets of a body in pieces (`done`: it
+        has sent the last). Every few megabytes, and when a body is done, the
+        pages of the map this process read are unmapped (they stay in the
+        page cache; the next read maps them again), so that serving a 50 MB
+        message does not leave the process's RSS 50 MB bigger."""
+        self._streamed += octets
+        if self._streamed >= UNMAP_AFTER or (done and self._streamed):
+            self._streamed = 0
+            self._forget_pages()
+
+    def _forget_pages(self) -> None:
         data_file = str((self.path / "data.mdb").resolve())
         with open("/proc/self/maps") as maps:
             regions = [line.split()[0] for line in maps if line.rstrip().endswith(data_file)]
@@ -332,6 +340,9 @@ class Store:
         self._env.close()
 
 
+# Octets served in pieces between two unmappings of the map's pages: a few
+# chunks' worth, so that the unmapping (a walk of the page tables) is rare.
+UNMAP_AFTER = 4 * 1024 * 1024
 _MADV_DONTNEED = 4  # <sys/mman.h>
 
 
