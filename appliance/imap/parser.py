@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,11 @@ from typing import Literal, NoReturn, TypeVar
 # LARGER/SMALLER, partial ranges) and mod-sequence values (RFC 7162 7) are 63-bit.
 MAX_NUMBER = 2**32 - 1
 MAX_NUMBER64 = 2**63 - 1
+# Ranges in one sequence set: more than a 64 KiB command line (the core's
+# default max_line) can hold, so no client that keeps to it is refused; it
+# bounds what one set costs (some 100 bytes a range) when the line limit is
+# raised, or when the parser is used without one.
+MAX_SEQUENCE_RANGES = 32 * 1024
 
 
 class ParseError(Exception):
@@ -59,6 +65,9 @@ class SequenceSet:
 
     ranges: tuple[tuple[int, int], ...]
     saved: bool = False
+    # (largest, resolve(largest)) of the last contains(): SEARCH asks once per
+    # message with the same largest, and a set may have thousands of ranges.
+    _resolved: tuple = field(default=(), init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, numbers: Iterable[int]) -> SequenceSet:
@@ -91,13 +100,15 @@ class SequenceSet:
         return tuple((low, high) for low, high in merged)
 
     def contains(self, number: int, largest: int) -> bool:
-        """Whether number is in the set when "*" is largest."""
-        self._check_resolved()
-        for first, last in self.ranges:
-            first, last = first or largest, last or largest
-            if min(first, last) <= number <= max(first, last):
-                return True
-        return False
+        """Whether number is in the set when "*" is largest; a binary search."""
+        cached = self._resolved
+        if cached and cached[0] == largest:
+            spans = cached[1]
+        else:
+            spans = self.resolve(largest)
+            object.__setattr__(self, "_resolved", (largest, spans))
+        index = bisect.bisect_right(spans, number, key=lambda span: span[0]) - 1
+        return index >= 0 and number <= spans[index][1]
 
     def members(self, largest: int) -> Iterator[int]:
         """The numbers from 1 to largest in the set, ascending: message sequence numbers."""
@@ -682,6 +693,8 @@ class _Reader:
             if not saved:
                 self.fail("$ is not allowed here")
             return SequenceSet((), saved=True)
+        if token.count(b",") >= MAX_SEQUENCE_RANGES:  # counted before anything is built
+            self.fail("Too many ranges in a sequence set")
         ranges = []
         for item in token.split(b","):
             first, colon, last = item.partition(b":")

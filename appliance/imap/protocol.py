@@ -15,10 +15,16 @@ are answered in order (RFC 9051 5.5 allows more, and requires none).
 Literals (RFC 9051 4.3, RFC 7888, RFC 3516): a command is gathered with its
 literals' octets inline, then parsed whole. A synchronizing literal is decided
 on when announced: "+ Ready for literal data", or a tagged refusal and the
-command is dropped; the client sends nothing more of it. LITERAL- is announced,
-not LITERAL+: a non-synchronizing literal of more than 4096 octets (or one past
-a limit) is on its way before it can be refused, so it ends the connection;
-big APPENDs use synchronizing literals, refused before a byte of them is sent.
+command is dropped; the client sends nothing more of it. A non-synchronizing
+literal is on its way before it can be refused, so a refusal (BAD [TOOBIG])
+ends the connection: its octets are never read as commands. Before login the
+core announces LITERAL-, so only 4096 octets may come unasked (RFC 7888 4);
+once logged in it announces LITERAL+ and only the limits bound them.
+
+A command line over max_line is answered BAD and the rest of the command is
+read and dropped, through any non-synchronizing literals it announces, up to
+max_discard octets; past that, or where the end of a line cannot be told from
+a literal announcement, the connection ends instead.
 
 The output is a list of pieces (data_to_send): message bodies handed to
 untagged() as memoryviews pass through uncopied, for the transport's writelines.
@@ -93,6 +99,11 @@ class Limits:
     # BAD responses before the session gives up on the client, as Postfix's
     # smtpd_hard_error_limit does. NO is an ordinary answer and does not count.
     max_errors: int = 20
+    # Octets of one over-long command (its lines and non-synchronizing
+    # literals) read and dropped to stay in step with the client after BAD.
+    # A client still sending past this is not one to wait for: the
+    # connection ends, so an endless line costs a bounded amount of work.
+    max_discard: int = 1024 * 1024
 
 
 # -- events: what the session decides on ------------------------------------------------
@@ -205,6 +216,10 @@ _ENABLEABLE = {
 _MAX_NONSYNC_LITERAL = 4096
 # "{n}", "{n+}" or "~{n}" ending a line: octets of a literal follow the line end.
 _LITERAL_AT_END = re.compile(rb"(~?)\{([0-9]+)(\+?)\}\Z")
+# Of a line being dropped, the last octets are kept: enough for "~{" 20 digits "+}" CR.
+_TAIL = 32
+# Of an over-long first line, the octets searched for its tag and command name.
+_HEAD_OCTETS = 1024
 # Response text is one line: no control characters from whatever the session passes.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Views smaller than this are copied into the output: one write beats several.
@@ -232,6 +247,9 @@ class ServerConnection:
         "_line_octets",
         "_literal_octets",
         "_literal_left",
+        "_discarding",
+        "_discarded",
+        "_tail",
         "_exchange_tag",
         "_pending",
         "_handed_out",
@@ -270,6 +288,11 @@ class ServerConnection:
         self._line_octets = 0  # command text so far, against max_line
         self._literal_octets = 0  # literal octets so far, against the literal limits
         self._literal_left = 0  # octets of the current literal still to come
+        # Dropping the rest of an over-long command (or SASL or IDLE line):
+        # how much so far, and the last octets of the line being dropped.
+        self._discarding = False
+        self._discarded = 0
+        self._tail = b""
         self._exchange_tag = ""  # the AUTHENTICATE or IDLE whose lines are being read
         self._pending: Event | None = None
         self._handed_out = False
@@ -471,7 +494,8 @@ class ServerConnection:
             words.append("AUTH=PLAIN" if self.login_allowed else "LOGINDISABLED")
         words += [
             "SASL-IR",  # RFC 4959
-            "LITERAL-",  # RFC 7888
+            # RFC 7888: before login only small literals may come unasked.
+            "LITERAL-" if self.state is State.NOT_AUTHENTICATED else "LITERAL+",
             "ENABLE",  # RFC 5161
             "IDLE",  # RFC 2177
             "NAMESPACE",  # RFC 2342
@@ -563,29 +587,38 @@ class ServerConnection:
                     return
                 self._read_literal()
                 continue
+            if self._discarding:
+                tail = self._discard_line()
+                if tail is None:
+                    return
+                self._line_discarded(tail)
+                continue
             line = self._next_line()
             if line is None:
+                if self._discarding:
+                    continue
                 return
             if self._input is _Input.SASL:
                 self._input = _Input.COMMAND
+                self._line_octets = 0
                 self._sasl_response(line)
             elif self._input is _Input.IDLE:
                 self._input = _Input.COMMAND
+                self._line_octets = 0
                 self._emit(IdleDone(self._exchange_tag, line.upper() == b"DONE"))
             else:
                 self._command_line(line)
 
     def _next_line(self) -> bytes | None:
-        """The next whole line without its line end, or None until one has arrived."""
+        """The next whole line without its line end, or None until one has arrived.
+
+        None also when the line is past max_line: the core is then discarding.
+        """
         buffer = self._buffer
         end = buffer.find(b"\n", self._scanned)
         room = self.limits.max_line - self._line_octets
-        # Past the limit the line is refused anyway: the connection ends at
-        # once, so a line that never ends costs no memory. Skipping it instead
-        # could not be done safely: its end might announce a literal.
         if (end < 0 and len(buffer) >= room) or end >= room:
-            self._untagged_bad("Command line too long")
-            self._close_with("Closing connection")
+            self._start_discarding(room)
             return None
         if end < 0:
             self._scanned = len(buffer)
@@ -600,7 +633,10 @@ class ServerConnection:
     def _read_literal(self) -> None:
         buffer = self._buffer
         taken = min(self._literal_left, len(buffer))
-        if taken == len(buffer):
+        if self._discarding:
+            self._discarded += taken
+            del buffer[:taken]
+        elif taken == len(buffer):
             self._command += buffer
             buffer.clear()
         else:
@@ -621,13 +657,10 @@ class ServerConnection:
         if self._head is None:
             self._head = command_head(line)
         tag, name = self._head
-        digits = marker[2]
-        size = int(digits) if len(digits) <= 20 else 2**64  # past number64 either way
+        size = _literal_size(marker[2])
         self._literal_octets += size
         if marker[3]:  # non-synchronizing: the octets come whatever the answer
-            refusal = self._size_refusal(name, size)
-            if size > _MAX_NONSYNC_LITERAL:
-                refusal = ("BAD", "TOOBIG", "Non-synchronizing literal over 4096 octets")
+            refusal = self._non_synchronizing_refusal(name, size)
             if refusal is not None:
                 self._refuse_literal(tag, refusal)
                 self._close_with("Closing connection")
@@ -660,6 +693,19 @@ class ServerConnection:
             return ("BAD", None, "literal8 is only for APPEND data")  # RFC 3516
         return None
 
+    def _non_synchronizing_refusal(
+        self, name: str, size: int
+    ) -> tuple[str, str | None, str] | None:
+        """Why a non-synchronizing literal of size is refused, if it is: always BAD [TOOBIG]."""
+        if self.state is State.NOT_AUTHENTICATED and size > _MAX_NONSYNC_LITERAL:
+            # LITERAL- (RFC 7888 4), which is what the core announces before login.
+            return ("BAD", "TOOBIG", "Non-synchronizing literal over 4096 octets")
+        refusal = self._size_refusal(name, size)
+        if refusal is None:
+            return None
+        # RFC 7888 4 answers a literal sent unasked and too big with BAD [TOOBIG].
+        return ("BAD", "TOOBIG", refusal[2])
+
     def _size_refusal(self, name: str, size: int) -> tuple[str, str | None, str] | None:
         """Why the limits refuse a literal of size for command name, if they do."""
         if name == "APPEND":
@@ -678,6 +724,82 @@ class ServerConnection:
             self._untagged_bad(text)
         else:
             self._tagged(tag, status, text, code)
+
+    def _start_discarding(self, room: int) -> None:
+        """The line in the buffer is past max_line: drop the rest of what it belongs to."""
+        if self._input is _Input.COMMAND and self._head is None:
+            # The first line of a command: its tag, if it has one, is at the start.
+            self._head = command_head(bytes(self._buffer[: min(room, _HEAD_OCTETS)]))
+        self._command = bytearray()  # what was gathered goes now, not when the client stops
+        self._scanned = 0
+        self._discarding = True
+        self._discarded = 0
+        self._tail = b""
+
+    def _discard_line(self) -> bytes | None:
+        """Drop input up to the next LF; the line's last octets once it ended, else None."""
+        buffer = self._buffer
+        end = buffer.find(b"\n")
+        taken = len(buffer) if end < 0 else end
+        tail = (self._tail + bytes(buffer[max(0, taken - _TAIL) : taken]))[-_TAIL:]
+        if end < 0:
+            self._discarded += taken
+            self._tail = tail
+            buffer.clear()
+        else:
+            self._discarded += end + 1
+            self._tail = b""
+            del buffer[: end + 1]
+        if self._discarded > self.limits.max_discard:
+            self._refuse_over_long()
+            self._close_with("Closing connection")
+            return None
+        return None if end < 0 else tail.removesuffix(b"\r")
+
+    def _line_discarded(self, tail: bytes) -> None:
+        """A dropped line ended; tail is its end, which may announce a literal."""
+        if self._input is not _Input.COMMAND:
+            # A SASL response or the line ending IDLE: one line, never a literal.
+            exchange, self._input = self._input, _Input.COMMAND
+            self._discarding = False
+            self._line_octets = 0
+            if exchange is _Input.SASL:
+                self._tagged(self._exchange_tag, "BAD", "Line too long")  # RFC 9051 6.2.2
+            else:
+                self._emit(IdleDone(self._exchange_tag, False))  # answered BAD, as for not DONE
+            return
+        marker = _LITERAL_AT_END.search(tail)
+        if marker is None and tail.endswith(b"}"):
+            # Perhaps an announcement longer than the tail kept: its octets, if
+            # any follow, cannot be told from commands.
+            self._refuse_over_long()
+            self._close_with("Closing connection")
+            return
+        if marker is None or not marker[3]:
+            # The command ends here; after a synchronizing announcement the
+            # client waits for "+", and the tagged BAD tells it to send no more
+            # of the command (RFC 9051 7.5).
+            self._discarding = False
+            self._refuse_over_long()
+            self._take_command()
+            return
+        size = _literal_size(marker[2])
+        self._literal_octets += size
+        _, name = self._head or (None, "")
+        refusal = self._non_synchronizing_refusal(name, size)
+        if refusal is not None or self._discarded + size > self.limits.max_discard:
+            self._refuse_over_long()
+            self._close_with("Closing connection")
+            return
+        self._literal_left = size  # dropped as it comes, then the command's next line
+
+    def _refuse_over_long(self) -> None:
+        if self._input is not _Input.COMMAND:
+            self._tagged(self._exchange_tag, "BAD", "Line too long")
+        elif self._head is None or self._head[0] is None:
+            self._untagged_bad("Command line too long")  # RFC 9051 7.1.3: no tag to answer
+        else:
+            self._tagged(self._head[0], "BAD", "Command line too long")
 
     def _take_command(self) -> bytearray | None:
         """The command gathered, and a fresh start; None if it was one too many before login."""
@@ -841,6 +963,11 @@ _HANDLERS: dict[str, Callable[[ServerConnection, Command], None]] = {
     "FETCH": ServerConnection._fetch,
     "IDLE": ServerConnection._idle,
 }
+
+
+def _literal_size(digits: bytes) -> int:
+    """A literal announcement's octet count; past number64 either way when very long."""
+    return int(digits) if len(digits) <= 20 else 2**64
 
 
 def _uses_condstore(command: Command) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
@@ -10,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.imap.parser import (
+    MAX_SEQUENCE_RANGES,
     AppendArgs,
     AppendMessage,
     AuthenticateArgs,
@@ -486,6 +488,31 @@ def test_search_nesting_is_bounded():
     refused(b"a SEARCH NOT NOT ALL", max_depth=2)
 
 
+NESTED = b"(" * 100_000 + b"ALL" + b")" * 100_000
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"a SEARCH " + NESTED,
+        b"a SEARCH NOT " + NESTED,
+        b"a SEARCH OR " + NESTED + b" ALL",
+        b"a FETCH 1 " + NESTED,
+        b"a STORE 1 FLAGS " + NESTED,
+        b"a LIST " + NESTED + b' "" *',
+        b'a LIST "" * RETURN ' + NESTED,
+        b"a SELECT INBOX " + NESTED,
+        b"a APPEND INBOX " + NESTED + b" {0}\r\n",
+        b"a STATUS INBOX " + NESTED,
+        b"a ID " + NESTED,
+    ],
+)
+def test_hundred_thousand_nested_parentheses_are_refused_quickly(line):
+    started = time.perf_counter()
+    assert refused(line).tag == "a"  # a ParseError, never a RecursionError
+    assert time.perf_counter() - started < 1
+
+
 @pytest.mark.parametrize(
     "program",
     [
@@ -760,6 +787,37 @@ def test_huge_ranges_are_never_materialized():
     assert everything.resolve(7) == ((1, 4294967295),)
     assert list(everything.members(3)) == [1, 2, 3]
     assert not args(b"a UID FETCH 8:4294967295 FLAGS").sequence.contains(7, 7)
+
+
+def test_sequence_set_range_count_is_bounded():
+    most = b",".join(b"%d" % (2 * n + 1) for n in range(MAX_SEQUENCE_RANGES))
+    assert len(args(b"a UID FETCH " + most + b" FLAGS").sequence.ranges) == MAX_SEQUENCE_RANGES
+    assert refused(b"a UID FETCH " + most + b",9 FLAGS").text == "Too many ranges in a sequence set"
+
+
+def test_million_range_sequence_set_is_refused_before_it_is_built():
+    million = b",".join(b"%d:%d" % (n, n + 1) for n in range(1, 3_000_000, 3))
+    started = time.perf_counter()
+    assert refused(b"a UID SEARCH UID " + million).text == "Too many ranges in a sequence set"
+    assert time.perf_counter() - started < 1
+
+
+def test_membership_in_a_set_of_many_ranges_is_quick_for_every_message():
+    sequence = args(
+        b"a UID FETCH " + b",".join(b"%d" % (2 * n + 1) for n in range(30_000)) + b",70000:* FLAGS"
+    ).sequence
+    started = time.perf_counter()
+    found = [uid for uid in range(1, 100_001) if sequence.contains(uid, 100_000)]
+    assert time.perf_counter() - started < 2  # a scan of every range per message: minutes
+    assert len(found) == 30_000 + 30_001
+
+
+def test_membership_follows_the_largest_number_asked_with():
+    sequence = args(b"a FETCH 2:* FLAGS").sequence
+    assert not sequence.contains(5, 3)
+    assert sequence.contains(5, 10)
+    assert not sequence.contains(5, 3)
+    assert sequence == seq((2, 0)) and hash(sequence) == hash(seq((2, 0)))
 
 
 def test_star_beyond_the_largest_still_names_the_largest():

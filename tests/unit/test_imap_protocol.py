@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import time
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -30,15 +32,18 @@ PASSWORD = "correct horse"
 BODY = b"Subject: hello\r\n\r\nHi there\r\n"
 MESSAGES = 3
 
-CAPS = (
-    "SASL-IR LITERAL- ENABLE IDLE NAMESPACE ID UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC "
+EXTENSIONS = (
+    "ENABLE IDLE NAMESPACE ID UNSELECT UIDPLUS MOVE CONDSTORE QRESYNC "
     "ESEARCH SEARCHRES LIST-EXTENDED LIST-STATUS SPECIAL-USE CREATE-SPECIAL-USE MULTIAPPEND "
     "APPENDLIMIT=52428800 STATUS=SIZE BINARY UTF8=ACCEPT"
 )
+# RFC 7888: LITERAL- before login, LITERAL+ after.
+CAPS = f"SASL-IR LITERAL- {EXTENSIONS}"
 CAPS_PLAIN_TEXT = f"IMAP4rev1 IMAP4rev2 STARTTLS LOGINDISABLED {CAPS}"
 CAPS_TLS = f"IMAP4rev1 IMAP4rev2 AUTH=PLAIN {CAPS}"
-CAPS_LOGGED_IN = f"IMAP4rev1 IMAP4rev2 {CAPS}"
+CAPS_LOGGED_IN = f"IMAP4rev1 IMAP4rev2 SASL-IR LITERAL+ {EXTENSIONS}"
 LOGGED_IN = f"[CAPABILITY {CAPS_LOGGED_IN}] Logged in".encode()
+FAILED = b"NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
 
 
 def plain(authzid: str, user: str, password: str) -> bytes:
@@ -427,21 +432,87 @@ def test_multiappend_is_bounded_as_a_whole():
     assert client.send(b"b NOOP\r\n") == b"b OK NOOP completed\r\n"
 
 
-def test_non_synchronizing_literal_over_4096_octets_closes_the_connection():
-    client = logged_in()
-    assert client.send(b"a APPEND INBOX {4097+}\r\n" + b"x" * 100) == (
+def test_literal_minus_before_login_and_literal_plus_after():
+    client = Client()
+    words = client.send(b"c CAPABILITY\r\n").split(b"\r\n")[0].split()
+    assert b"LITERAL-" in words and b"LITERAL+" not in words
+    client.send(f'a LOGIN ann "{PASSWORD}"\r\n'.encode())
+    words = client.send(b"c CAPABILITY\r\n").split(b"\r\n")[0].split()
+    assert b"LITERAL+" in words and b"LITERAL-" not in words
+
+
+def test_non_synchronizing_literal_over_4096_octets_before_login_ends_the_connection():
+    # RFC 7888 4 (LITERAL-): BAD [TOOBIG]; the octets, already on their way, are
+    # never read, so the command hidden in them never runs.
+    client = Client()
+    octets = b'\r\nb LOGIN ann "%s"\r\n' % PASSWORD.encode()
+    octets += b"x" * (4097 - len(octets))
+    assert client.send(b"a LOGIN {4097+}\r\n" + octets + b" pw\r\nc NOOP\r\n") == (
         b"a BAD [TOOBIG] Non-synchronizing literal over 4096 octets\r\n* BYE Closing connection\r\n"
     )
-    assert client.conn.closed
-    assert client.send(b"b NOOP\r\n") == b""
+    assert client.conn.closed and client.events == []
+    assert client.send(b"d NOOP\r\n") == b""
+
+
+def test_non_synchronizing_literal_of_4096_octets_before_login_is_taken():
+    client = Client()
+    user = b"u" * 4096
+    assert client.send(b"a LOGIN {4096+}\r\n" + user + b" pw\r\n") == (
+        b"a NO [AUTHENTICATIONFAILED] Authentication failed\r\n"
+    )
+    assert client.of(Login)[0].user == user.decode()
+
+
+def test_literal_plus_after_login_takes_big_non_synchronizing_literals():
+    client = logged_in()
+    data = b"Subject: x\r\n\r\n" + b"b NOOP\r\n" * 2000
+    reply = client.send(b"a APPEND INBOX {%d+}\r\n" % len(data) + data + b"\r\nc NOOP\r\n")
+    assert reply == b"a OK APPEND completed\r\nc OK NOOP completed\r\n"  # no "+" asked for
+    [append] = [event for event in client.of(Command) if event.name == "APPEND"]
+    assert bytes(append.args.messages[0].data) == data
+    assert client.commands() == ["APPEND", "NOOP"]
+
+
+def test_non_synchronizing_literal_past_appendlimit_is_bad_toobig_and_never_read():
+    client = logged_in(limits=Limits(max_message_size=100))
+    reply = client.send(b"a APPEND INBOX {101+}\r\n" + b"b NOOP\r\n" * 20)
+    assert reply == (b"a BAD [TOOBIG] Message over APPENDLIMIT=100\r\n* BYE Closing connection\r\n")
+    assert client.conn.closed and client.commands() == []
 
 
 def test_non_synchronizing_literal_past_a_limit_closes_the_connection():
     client = Client(limits=Limits(max_literal_size=10))
     assert client.send(b"a LOGIN {11+}\r\n") == (
-        b"a NO [TOOBIG] Literal too big\r\n* BYE Closing connection\r\n"
+        b"a BAD [TOOBIG] Literal too big\r\n* BYE Closing connection\r\n"
     )
     assert client.conn.closed
+
+
+TEN_GB = 10 * 1024**3
+
+
+def test_ten_gigabyte_literal_is_refused_at_once_and_the_connection_stays_usable():
+    client = logged_in()
+    assert client.send(b"a APPEND INBOX {%d}\r\n" % TEN_GB) == (
+        b"a NO [TOOBIG] Message over APPENDLIMIT=52428800\r\n"
+    )
+    assert client.conn.buffered == 0
+    assert client.send(b"b APPEND INBOX {5}\r\n") == b"+ Ready for literal data\r\n"
+    assert client.send(b"hello\r\n") == b"b OK APPEND completed\r\n"
+    assert bytes(client.of(Command)[-1].args.messages[0].data) == b"hello"
+    assert client.send(b"c APPEND INBOX {%d+}\r\n" % TEN_GB + b"x" * 1000) == (
+        b"c BAD [TOOBIG] Message over APPENDLIMIT=52428800\r\n* BYE Closing connection\r\n"
+    )
+    assert client.conn.buffered == 0
+
+
+def test_ten_gigabyte_literal_before_login_is_refused_at_once():
+    client = Client()
+    assert client.send(b"a LOGIN {%d}\r\n" % TEN_GB) == b"a NO [TOOBIG] Literal too big\r\n"
+    assert client.send(b"b NOOP\r\n") == b"b OK NOOP completed\r\n"
+    assert client.send(b"c LOGIN {%d+}\r\n" % TEN_GB) == (
+        b"c BAD [TOOBIG] Non-synchronizing literal over 4096 octets\r\n* BYE Closing connection\r\n"
+    )
 
 
 def test_literal_for_a_command_not_valid_now_is_refused_before_the_upload():
@@ -735,6 +806,44 @@ def test_unsupported_charset_is_no_badcharset():
     )
 
 
+def test_hundred_thousand_nested_parentheses_are_bad_without_recursion():
+    search = b"s SEARCH " + b"(" * 100_000 + b"ALL" + b")" * 100_000 + b"\r\n"
+    client = selected(limits=Limits(max_line=512 * 1024))  # the parser sees all of it
+    started = time.perf_counter()
+    assert client.send(search + b"t NOOP\r\n") == (
+        b"s BAD Search keys nested too deeply\r\nt OK NOOP completed\r\n"
+    )
+    assert time.perf_counter() - started < 2
+    client = selected()  # with the default line limit it is refused unread
+    assert client.send(search + b"t NOOP\r\n") == (
+        b"s BAD Command line too long\r\nt OK NOOP completed\r\n"
+    )
+
+
+def million_ranges() -> bytes:
+    return b",".join(b"%d" % number for number in range(1, 2_000_000, 2))
+
+
+def test_million_range_sequence_set_is_bad_without_building_it():
+    line = b"s UID FETCH " + million_ranges() + b" FLAGS\r\n"
+    data = line + b"t NOOP\r\n"
+    client = selected(limits=Limits(max_line=16 * 1024 * 1024, max_discard=16 * 1024 * 1024))
+    started = time.perf_counter()
+    tracemalloc.start()
+    try:
+        reply = client.send(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert reply == b"s BAD Too many ranges in a sequence set\r\nt OK NOOP completed\r\n"
+    assert time.perf_counter() - started < 5
+    # A few copies of the line (buffer, line, command); the million ranges
+    # themselves would take some twenty times the line.
+    assert peak < 5 * len(line)
+    client = selected()  # default limits: refused unread, and too long to wait for
+    assert client.send(line) == (b"s BAD Command line too long\r\n* BYE Closing connection\r\n")
+
+
 def test_search_nesting_limit_comes_from_limits():
     client = selected(limits=Limits(max_search_depth=3))
     assert (
@@ -753,6 +862,23 @@ def test_too_many_errors_close_the_connection():
     assert client.conn.closed
 
 
+def test_noop_flood_before_login_is_cut_off_at_the_limit():
+    client = Client()
+    reply = client.send(b"".join(b"n%d NOOP\r\n" % i for i in range(10_000)))
+    limit = Limits().max_commands_before_login
+    assert reply == (
+        b"".join(b"n%d OK NOOP completed\r\n" % i for i in range(limit))
+        + b"* BYE Too many commands before login\r\n"
+    )
+    assert client.conn.closed and client.conn.buffered == 0
+
+
+def test_logging_in_lifts_the_limit_on_commands():
+    client = logged_in(limits=Limits(max_commands_before_login=2))
+    reply = client.send(b"n NOOP\r\n" * 50)
+    assert reply == b"n OK NOOP completed\r\n" * 50
+
+
 def test_too_many_commands_before_login_close_the_connection():
     client = Client(limits=Limits(max_commands_before_login=2))
     assert client.send(b"a NOOP\r\nb NOOP\r\nc NOOP\r\n") == (
@@ -761,12 +887,77 @@ def test_too_many_commands_before_login_close_the_connection():
     assert client.conn.closed
 
 
-def test_over_long_line_closes_the_connection():
+def test_over_long_line_is_bad_and_dropped_to_its_end():
     client = Client(limits=Limits(max_line=32))
-    assert client.send(b"a NOOP " + b"x" * 40 + b"\r\nb NOOP\r\n") == (
-        b"* BAD Command line too long\r\n* BYE Closing connection\r\n"
+    # What follows the 32nd octet looks like a command; it is dropped with the line.
+    line = b"a NOOP " + b"x" * 25 + b"b LOGOUT\r\n"
+    assert client.send(line + b"c NOOP\r\n") == (
+        b"a BAD Command line too long\r\nc OK NOOP completed\r\n"
+    )
+    assert not client.conn.closed and client.conn.buffered == 0
+
+
+def test_over_long_line_fed_one_octet_at_a_time_gives_the_same_answer():
+    client = Client(limits=Limits(max_line=32))
+    line = b"a NOOP " + b"x" * 25 + b"b LOGOUT\r\n"
+    assert client.send(line + b"c NOOP\r\n", step=1) == (
+        b"a BAD Command line too long\r\nc OK NOOP completed\r\n"
+    )
+
+
+def test_over_long_line_without_a_tag_is_untagged_bad():
+    client = Client(limits=Limits(max_line=32))
+    assert client.send(b"x" * 40 + b"\r\nc NOOP\r\n") == (
+        b"* BAD Command line too long\r\nc OK NOOP completed\r\n"
+    )
+
+
+def test_over_long_line_announcing_a_synchronizing_literal_ends_the_command():
+    client = Client(limits=Limits(max_line=32))
+    # No "+": the tagged BAD tells the client to send nothing more of it (RFC 9051 7.5).
+    assert client.send(b"a LOGIN " + b"x" * 40 + b" {5}\r\n") == (
+        b"a BAD Command line too long\r\n"
+    )
+    assert client.send(b"b NOOP\r\n") == b"b OK NOOP completed\r\n"
+
+
+def test_literals_of_a_dropped_command_are_dropped_and_never_run():
+    client = logged_in(limits=Limits(max_line=40))
+    octets = b"c NOOP\r\n"
+    command = b"a LOGIN " + b"x" * 40 + b" {%d+}\r\n" % len(octets) + octets + b" more\r\n"
+    assert client.send(command + b"d NOOP\r\n") == (
+        b"a BAD Command line too long\r\nd OK NOOP completed\r\n"
+    )
+    assert client.commands() == ["NOOP"] and client.of(Command)[0].tag == "d"
+
+
+def test_non_synchronizing_literal_past_the_limits_in_a_dropped_command_ends_the_connection():
+    client = Client(limits=Limits(max_line=40))
+    assert client.send(b"a LOGIN " + b"x" * 40 + b" {4097+}\r\n" + b"b NOOP\r\n") == (
+        b"a BAD Command line too long\r\n* BYE Closing connection\r\n"
     )
     assert client.conn.closed
+
+
+def test_dropped_line_ending_like_an_unreadable_announcement_ends_the_connection():
+    client = logged_in(limits=Limits(max_line=40))
+    announcement = b"{" + b"0" * 40 + b"5+}"  # longer than what the core keeps of the line
+    assert client.send(b"a LOGIN " + b"x" * 40 + announcement + b"\r\nb NOOP\r\n") == (
+        b"a BAD Command line too long\r\n* BYE Closing connection\r\n"
+    )
+    assert client.conn.closed
+
+
+def test_dropping_is_bounded_by_max_discard():
+    client = logged_in(limits=Limits(max_line=40, max_discard=1000))
+    assert client.send(b"a NOOP " + b"x" * 990) == b""
+    assert client.send(b"x" * 20) == (
+        b"a BAD Command line too long\r\n* BYE Closing connection\r\n"
+    )
+    client = logged_in(limits=Limits(max_line=40, max_discard=1000))
+    assert client.send(b"a LOGIN " + b"x" * 40 + b" {990+}\r\n") == (
+        b"a BAD Command line too long\r\n* BYE Closing connection\r\n"
+    )
 
 
 def test_line_limit_counts_every_line_of_a_command_but_not_its_literals():
@@ -774,9 +965,44 @@ def test_line_limit_counts_every_line_of_a_command_but_not_its_literals():
     assert Client(limits=limits).send(
         b"a LOGIN {3+}\r\nann {13+}\r\n" + PASSWORD.encode() + b"\r\n"
     ) == (b"a OK " + LOGGED_IN + b"\r\n")
-    assert Client(limits=limits).send(
-        b"a LOGIN {3+}\r\nann {4+}\r\npass " + b"x" * 12 + b"\r\n"
-    ) == (b"* BAD Command line too long\r\n* BYE Closing connection\r\n")
+    client = Client(limits=limits)
+    assert client.send(b"a LOGIN {3+}\r\nann {4+}\r\npass " + b"x" * 12 + b"\r\nb NOOP\r\n") == (
+        b"a BAD Command line too long\r\nb OK NOOP completed\r\n"
+    )
+    assert client.events == []
+
+
+def test_over_long_sasl_response_is_bad():
+    client = Client(limits=Limits(max_line=64))
+    assert client.send(b"a AUTHENTICATE PLAIN\r\n") == b"+ \r\n"
+    assert client.send(b"A" * 100 + b"\r\nb NOOP\r\n") == (
+        b"a BAD Line too long\r\nb OK NOOP completed\r\n"
+    )
+    assert client.events == []
+
+
+def test_endless_sasl_response_ends_the_connection():
+    client = Client(limits=Limits(max_line=64, max_discard=200))
+    client.send(b"a AUTHENTICATE PLAIN\r\n")
+    assert client.send(b"A" * 300) == b"a BAD Line too long\r\n* BYE Closing connection\r\n"
+    assert client.conn.closed
+
+
+def test_a_sasl_response_does_not_shorten_the_next_command_line():
+    client = Client(limits=Limits(max_line=90))
+    client.send(b"a AUTHENTICATE PLAIN\r\n")
+    response = plain("", "ann", "w" * 50)
+    assert len(response) > 60
+    assert client.send(response + b"\r\n") == b"a " + FAILED
+    login = b'b LOGIN ann "%s"\r\n' % (b"v" * 60)
+    assert client.send(login) == b"b " + FAILED
+
+
+def test_over_long_line_during_idle_ends_it_with_bad():
+    client = selected(limits=Limits(max_line=64))
+    assert client.send(b"i IDLE\r\n") == b"+ idling\r\n* 4 EXISTS\r\n"
+    assert client.send(b"x" * 100 + b"\r\n") == b"i BAD Expected DONE\r\n"
+    assert client.of(IdleDone) == [IdleDone("i", False)]
 
 
 def test_ten_megabyte_line_without_crlf_keeps_the_buffer_bounded():
