@@ -58,11 +58,22 @@ class BodyStream:
                 start = stop
 
 
-@dataclass(frozen=True, slots=True)
 class StoredMessage:
-    head: bytes
-    body: bytes | memoryview
-    structure: Structure
+    """One message as FETCH sees it, valid while its read transaction is open."""
+
+    __slots__ = ("head", "body", "_info", "_structure")
+
+    def __init__(self, head: bytes, body: bytes | memoryview, info: object = None):
+        self.head = head
+        self.body = body
+        self._info = info  # the stored structure record, decoded when first needed
+        self._structure: Structure | None = None
+
+    @property
+    def structure(self) -> Structure:
+        if self._structure is None:
+            self._structure = load_structure(self._info, self.body)
+        return self._structure
 
     @property
     def size(self) -> int:

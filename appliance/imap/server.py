@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from appliance.config import ImapSettings
-from appliance.imap.fetch import BodyStream, StoredMessage, load_structure, ranges_size
+from appliance.imap.fetch import BodyStream, StoredMessage, ranges_size
 from appliance.imap.parser import (
     Command,
     FetchAttr,
@@ -64,6 +64,9 @@ from appliance.sessions import Listener, MailboxWatch, Session
 from appliance.store import AlreadyExists, Mailbox, MessageEntry, NotFound, Store
 
 log = logging.getLogger(__name__)
+
+# Messages read in one transaction by FETCH (fewer when their bodies are big).
+_FETCH_BATCH = 256
 
 DELIMITER = "/"
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -790,16 +793,17 @@ class ImapSession(Session):
             in ("ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822", "RFC822.HEADER", "RFC822.TEXT")
             for i in items
         )
-        # Without bodies, one read for every message, and the responses leave
-        # in a few large writes; with bodies, one read transaction per message
-        # (none spans an await) and one write each, under the peer's flow control.
-        batch = 1 if needs_message else 256
-        for first in range(0, len(targets), batch):
-            chunk = targets[first : first + batch]
-            # Responses are made while the transaction holds the body's pages:
-            # what goes out later (BodyStream) reads them again in pieces.
+        # Messages are read in batches, one short read transaction each (none
+        # spans an await), and each batch's responses leave in one write under
+        # the peer's flow control: up to 256 messages, or fewer once their
+        # octets would pass a read chunk when bodies are asked for.
+        budget = self._context.settings.read_chunk
+        position = 0
+        while position < len(targets):
+            used = 0
             with store.reader(buffers=True) as txn:
-                for seq, uid in chunk:
+                for seq, uid in targets[position : position + _FETCH_BATCH]:
+                    position += 1
                     entry = txn.message(mailbox_id, uid)
                     if entry is None:
                         continue  # expunged, its EXPUNGE not sent yet
@@ -808,12 +812,14 @@ class ImapSession(Session):
                     message = None
                     if needs_message:
                         body = txn.blob(entry.blob_id) or b""
-                        found = load_structure(txn.blob_info(entry.blob_id), body)
-                        message = StoredMessage(entry.head, body, found)
+                        message = StoredMessage(entry.head, body, txn.blob_info(entry.blob_id))
+                        used += entry.size
                     parts = self._fetch_items(conn, entry, message, items)
                     if entry.uid in changed or FetchAttr("FLAGS") in items:
                         sel.known[entry.uid] = (entry.flags, entry.modseq)
                     conn.untagged(f"{seq} FETCH (", *parts, ")")
+                    if used >= budget:
+                        break
             await self.flush(conn)
         return None
 
