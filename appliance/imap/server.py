@@ -59,7 +59,8 @@ from appliance.imap.protocol import (
     StartTLS,
 )
 from appliance.login import LoginGuard
-from appliance.message import structure
+from appliance.message import structure, text
+from appliance.message.structure import analyze
 from appliance.sessions import Listener, MailboxWatch, Session
 from appliance.store import AlreadyExists, Mailbox, MessageEntry, NotFound, Store
 
@@ -977,17 +978,21 @@ class ImapSession(Session):
         sel = self._require_selected()
         args = command.args
         mailbox_id = sel.mailbox.id
-        entries = {e.uid: e for e in self._context.store.read(lambda txn: txn.messages(mailbox_id))}
         count = len(sel.uids)
         largest_uid = sel.uids[-1] if sel.uids else 0
+        needles: dict[str, str] = {}  # each search string normalised once
         matched: list[tuple[int, MessageEntry]] = []
-        for seq, uid in enumerate(sel.uids, 1):
-            entry = entries.get(uid)
-            if entry is None:
-                continue
-            matcher = _Matcher(self, entry, seq, count, largest_uid)
-            if matcher.match(args.key):
-                matched.append((seq, entry))
+        # Batches of messages per short read transaction, as FETCH reads them;
+        # bodies are searched in the map where they lie, never copied whole.
+        for first in range(0, count, _FETCH_BATCH):
+            with self._context.store.reader(buffers=True) as txn:
+                for seq in range(first + 1, min(count, first + _FETCH_BATCH) + 1):
+                    entry = txn.message(mailbox_id, sel.uids[seq - 1])
+                    if entry is None:
+                        continue
+                    matcher = _Matcher(self, txn, entry, seq, count, largest_uid, needles)
+                    if matcher.match(args.key):
+                        matched.append((seq, entry))
         numbers = [e.uid if command.uid else seq for seq, e in matched]
         options = args.return_options
         if options is None and "IMAP4rev2" in conn.enabled:
@@ -1026,37 +1031,62 @@ class ImapSession(Session):
 
 
 class _Matcher:
-    """One message against a search key (RFC 9051 6.4.4)."""
+    """One message against a search key (RFC 9051 6.4.4), inside a read transaction."""
 
     def __init__(
-        self, session: ImapSession, entry: MessageEntry, seq: int, count: int, largest: int
+        self,
+        session: ImapSession,
+        txn,
+        entry: MessageEntry,
+        seq: int,
+        count: int,
+        largest: int,
+        needles: dict[str, str],
     ):
         self.session = session
+        self.txn = txn
         self.entry = entry
         self.seq = seq
         self.count = count
         self.largest = largest
-        self._message: bytes | None = None
+        self.needles = needles
+        self._message: StoredMessage | None = None
 
-    def message(self) -> bytes:
+    def message(self) -> StoredMessage:
         if self._message is None:
-            entry = self.entry
-            with self.session._context.store.reader(buffers=True) as txn:
-                blob = txn.blob(entry.blob_id)
-                self._message = entry.head + (bytes(blob) if blob is not None else b"")
+            blob_id = self.entry.blob_id
+            body = self.txn.blob(blob_id) or b""
+            self._message = StoredMessage(self.entry.head, body, self.txn.blob_info(blob_id))
         return self._message
 
-    def header_values(self, name: str) -> list[str]:
+    def needle(self, value: str) -> str:
+        found = self.needles.get(value)
+        if found is None:
+            found = self.needles[value] = text.search_key(value)
+        return found
+
+    def header_contains(self, field: str, value: str) -> bool:
+        if not field:
+            return False  # RFC 5322 3.6.8: no field has an empty name (Dovecot: no match)
         message = self.message()
-        end = message.find(b"\r\n\r\n")
-        head = message if end < 0 else message[: end + 2]
-        head = re.sub(rb"\r?\n[ \t]+", b" ", head)
-        values = []
-        prefix = name.lower().encode() + b":"
-        for line in head.split(b"\n"):
-            if line.lower().startswith(prefix):
-                values.append(line[len(prefix) :].strip().decode("utf-8", "replace"))
-        return values
+        needle = self.needle(value)
+        if text.header_contains(message.body, message.structure, field, needle):
+            return True
+        # The trace fields delivery put in front (Received:, Return-Path:).
+        head = message.head
+        if not head or field.lower().encode() + b":" not in head.lower():
+            return False
+        return text.header_contains(head, analyze(head), field, needle)
+
+    def text_contains(self, value: str, body_only: bool) -> bool:
+        message = self.message()
+        needle = self.needle(value)
+        if body_only:
+            return text.body_contains(message.body, message.structure, needle)
+        if text.text_contains(message.body, message.structure, needle):
+            return True
+        head = message.head
+        return bool(head) and text.text_contains(head, analyze(head), needle)
 
     def match(self, key: SearchKey) -> bool:
         entry = self.entry
@@ -1088,7 +1118,8 @@ class _Matcher:
             if key.field == "internal":
                 day = datetime.fromtimestamp(entry.internal_date, UTC).date()
             else:
-                values = self.header_values("Date")
+                message = self.message()
+                values = text.header_values(message.body, message.structure, "Date")
                 try:
                     day = parsedate_to_datetime(values[0]).date()
                 except (IndexError, TypeError, ValueError):
@@ -1099,14 +1130,9 @@ class _Matcher:
                 return day == key.date
             return day >= key.date
         if isinstance(key, SearchHeader):
-            wanted = key.value.lower()
-            return any(wanted in value.lower() for value in self.header_values(key.field))
+            return self.header_contains(key.field, key.value)
         if isinstance(key, SearchText):
-            message = self.message()
-            if key.body_only:
-                end = message.find(b"\r\n\r\n")
-                message = b"" if end < 0 else message[end + 4 :]
-            return key.value.lower().encode() in message.lower()
+            return self.text_contains(key.value, key.body_only)
         return False
 
 

@@ -1,5 +1,6 @@
 """IMAP over real sockets with imaplib: what a mail client sees and relies on."""
 
+import base64
 import hashlib
 import imaplib
 import re
@@ -510,3 +511,42 @@ def test_a_50_mb_message_is_fetched_in_under_10_mb_of_memory(appliance):
     # literal goes out (how many are mapped at once in between depends on
     # the kernel's fault-around); afterwards the process is no bigger.
     assert rss_after - rss_before < 10 * 1024, f"RSS grew by {rss_after - rss_before} KiB"
+
+
+def test_search_decodes_words_transfer_encodings_and_charsets(appliance):
+    encoded = (
+        b"From: =?utf-8?q?Ren=C3=A9e?= <renee@elsewhere.test>\r\n"
+        b"Subject: =?utf-8?q?Caf=C3=A9_cr=C3=A8me?=\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes("Grüße aus Köln, hidden-word inside.\r\n".encode()).replace(
+            b"\n", b"\r\n"
+        )
+    )
+    latin = (
+        b"Subject: plain\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\nna=EFve soft=\r\nbreak\r\n"
+    )
+    with smtplib.SMTP(appliance.host, appliance.port) as client:
+        client.sendmail("a@elsewhere.test", [USER], encoded)
+        client.sendmail("a@elsewhere.test", [USER], latin)
+    imap = connect(appliance)
+    ok(imap.select())
+
+    def search(*criteria: str | bytes) -> bytes:
+        return ok(imap.search("UTF-8", *criteria))[0]
+
+    assert search("SUBJECT", '"cafe creme"') == b"1"
+    imap.literal = "Café".encode()
+    assert search("SUBJECT") == b"1"
+    assert search("FROM", "renee") == b"1"
+    assert search("BODY", "hidden-word") == b"1"
+    imap.literal = "GRÜSSE".encode()
+    assert search("BODY") == b"1"
+    assert search("BODY", "naive") == b"2"
+    assert search("BODY", "softbreak") == b"2"
+    assert search("BODY", "Subject") == b""  # BODY matches no header field
+    assert search("TEXT", "subject") == b"1 2"
+    # The trace fields that delivery put in front are part of the message.
+    assert search("HEADER", "Received", "mail.example.test") == b"1 2"
+    assert search("TEXT", "mail.example.test") == b"1 2"
+    imap.logout()
