@@ -356,10 +356,12 @@ class ServerConnection:
             self._handed_out = True
         return event
 
-    def data_to_send(self) -> list[bytes | memoryview]:
-        """Everything queued, in order: bytes, and the memoryviews given to untagged()."""
-        pieces = [bytes(piece) if isinstance(piece, bytearray) else piece for piece in self._output]
-        self._output = []
+    def data_to_send(self) -> list[bytearray | bytes | memoryview | object]:
+        """Everything queued, in order: octets (bytearray), and what untagged()
+        passed on whole (big memoryviews, the session's own pieces)."""
+        # The bytearrays go out as they are, uncopied: the core never writes to
+        # one again once it has been handed out (_write starts a new one).
+        pieces, self._output = self._output, []
         return pieces
 
     def untagged(self, *parts: str | bytes | memoryview) -> None:
@@ -375,17 +377,22 @@ class ServerConnection:
         """
         if self.closed:
             return
-        self._write(b"* ")
+        # Joined once: FETCH makes one of these per message, thousands a command.
+        line: list[bytes | bytearray | memoryview] = [b"* "]
         for part in parts:
             if isinstance(part, str):
-                self._write(part.encode())
-            elif isinstance(part, memoryview) and part.nbytes >= _PASS_THROUGH_MIN:
-                self._output.append(part)
-            elif isinstance(part, bytes | bytearray | memoryview):
-                self._write(part)
+                line.append(part.encode())
+            elif isinstance(part, bytes | bytearray) or (
+                isinstance(part, memoryview) and part.nbytes < _PASS_THROUGH_MIN
+            ):
+                line.append(part)
             else:
-                self._output.append(part)  # the session's own kind of piece, written by it
-        self._write(b"\r\n")
+                # Passed on whole: a big memoryview, or the session's own kind of piece.
+                self._write(b"".join(line))
+                self._output.append(part)
+                line = []
+        line.append(b"\r\n")
+        self._write(b"".join(line))
 
     def respond(
         self, status: Literal["OK", "NO", "BAD"], text: str, code: str | None = None
