@@ -62,7 +62,14 @@ from appliance.login import LoginGuard
 from appliance.message import structure, text
 from appliance.message.structure import analyze
 from appliance.sessions import Listener, MailboxWatch, Session
-from appliance.store import AlreadyExists, Mailbox, MessageEntry, NotFound, Store
+from appliance.store import (
+    AlreadyExists,
+    Mailbox,
+    MessageEntry,
+    MessageState,
+    NotFound,
+    Store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -337,13 +344,13 @@ class ImapSession(Session):
             mailbox = txn.mailbox_by_id(mailbox_id)
             if mailbox is not None and mailbox.highestmodseq == sel.highestmodseq:
                 return mailbox, None
-            return mailbox, ([] if mailbox is None else txn.messages(mailbox_id))
+            return mailbox, ([] if mailbox is None else txn.message_states(mailbox_id))
 
         mailbox, entries = store.read(read)
         if entries is None and not (expunge and sel.gone):
             return
         if entries is None:
-            entries = store.read(lambda txn: txn.messages(mailbox_id))
+            entries = store.read(lambda txn: txn.message_states(mailbox_id))
         if mailbox is not None:
             sel.mailbox = mailbox
             sel.highestmodseq = mailbox.highestmodseq
@@ -380,7 +387,9 @@ class ImapSession(Session):
                 sel.known[entry.uid] = (entry.flags, entry.modseq)
             conn.untagged(f"{len(sel.uids)} EXISTS")
 
-    def _flags_items(self, conn: ServerConnection, entry: MessageEntry, uid: bool = True) -> str:
+    def _flags_items(
+        self, conn: ServerConnection, entry: MessageEntry | MessageState, uid: bool = True
+    ) -> str:
         items = [f"FLAGS ({' '.join(entry.flags)})"]
         if uid:
             items.append(f"UID {entry.uid}")
@@ -663,7 +672,7 @@ class ImapSession(Session):
 
         def read(txn):
             mailbox = txn.mailbox(account_id, name)
-            return mailbox, ([] if mailbox is None else txn.messages(mailbox.id))
+            return mailbox, ([] if mailbox is None else txn.message_states(mailbox.id))
 
         mailbox, entries = self._context.store.read(read)
         if mailbox is None:
@@ -803,9 +812,11 @@ class ImapSession(Session):
         while position < len(targets):
             used = 0
             with store.reader(buffers=True) as txn:
-                for seq, uid in targets[position : position + _FETCH_BATCH]:
+                batch = targets[position : position + _FETCH_BATCH]
+                found = None if needs_message else _entries_of(txn, mailbox_id, batch)
+                for seq, uid in batch:
                     position += 1
-                    entry = txn.message(mailbox_id, uid)
+                    entry = txn.message(mailbox_id, uid) if found is None else found.get(uid)
                     if entry is None:
                         continue  # expunged, its EXPUNGE not sent yet
                     if args.changed_since is not None and entry.modseq <= args.changed_since:
@@ -1134,6 +1145,17 @@ class _Matcher:
         if isinstance(key, SearchText):
             return self.text_contains(key.value, key.body_only)
         return False
+
+
+def _entries_of(txn, mailbox_id: int, batch: list[tuple[int, int]]) -> dict[int, MessageEntry]:
+    """The entries of a batch of (sequence number, UID), ascending: one cursor
+    walk over their UID range when it is dense, else one lookup each."""
+    if not batch:
+        return {}
+    first, last = batch[0][1], batch[-1][1]
+    if last - first < 2 * len(batch):
+        return {e.uid: e for e in txn.messages(mailbox_id, first, last)}
+    return {uid: e for _, uid in batch if (e := txn.message(mailbox_id, uid)) is not None}
 
 
 def _missing(sequence: SequenceSet, present: list[int], largest: int) -> str:

@@ -35,6 +35,7 @@ from appliance.store.records import (
     FlagUpdate,
     Mailbox,
     MessageEntry,
+    MessageState,
     QueuedMessage,
 )
 from appliance.store.transaction import DATABASES, Transaction
@@ -50,6 +51,7 @@ __all__ = [
     "InUse",
     "Mailbox",
     "MessageEntry",
+    "MessageState",
     "NotFound",
     "QueuedMessage",
     "SchemaTooNew",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # RFC 6154 special-use attributes of the mailboxes every account starts with.
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -53,6 +54,14 @@ class Mailbox:
     highestmodseq: int
     messages: int
     subscribed: bool
+
+
+class MessageState(NamedTuple):
+    """What a client keeps of each message of an open mailbox."""
+
+    uid: int
+    flags: tuple[str, ...]
+    modseq: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from appliance.store.records import (
     FlagUpdate,
     Mailbox,
     MessageEntry,
+    MessageState,
     QueuedMessage,
 )
 
@@ -95,9 +96,12 @@ class Transaction:
     def _delete(self, db: str, key: bytes) -> None:
         self._txn.delete(key, db=self._dbs[db])
 
-    def _scan(self, db: str, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+    def _scan(
+        self, db: str, prefix: bytes = b"", start: bytes = b""
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """Records whose keys start with `prefix`, in key order, from `start` on."""
         cursor = self._txn.cursor(db=self._dbs[db])
-        if not cursor.set_range(prefix):
+        if not cursor.set_range(max(prefix, start)):
             return
         for key, value in cursor:
             key = bytes(key)
@@ -374,11 +378,28 @@ class Transaction:
 
     # -- messages and blobs ----------------------------------------------------------
 
-    def messages(self, mailbox_id: int) -> list[MessageEntry]:
-        return [
-            self._entry_from(_U64_U32.unpack(key), _unpack(value))
-            for key, value in self._scan("messages", _U64.pack(mailbox_id))
-        ]
+    def messages(
+        self, mailbox_id: int, first_uid: int = 1, last_uid: int | None = None
+    ) -> list[MessageEntry]:
+        """The mailbox's messages in UID order, those from first_uid to last_uid."""
+        out = []
+        start = _U64_U32.pack(mailbox_id, first_uid)
+        for key, value in self._scan("messages", _U64.pack(mailbox_id), start):
+            uid = _U64_U32.unpack(key)[1]
+            if last_uid is not None and uid > last_uid:
+                break
+            out.append(self._entry_from((mailbox_id, uid), _unpack(value)))
+        return out
+
+    def message_states(self, mailbox_id: int) -> list[MessageState]:
+        """(UID, flags, modseq) of every message in UID order: what opening a
+        mailbox needs, read without building whole entries."""
+        out = []
+        for key, value in self._scan("messages", _U64.pack(mailbox_id)):
+            record = _unpack(value)
+            uid = _U64_U32.unpack(key)[1]
+            out.append(MessageState(uid, tuple(record["flags"]), record["modseq"]))
+        return out
 
     @staticmethod
     def _entry_from(key: tuple[int, int], record: dict) -> MessageEntry:

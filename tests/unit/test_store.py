@@ -370,3 +370,19 @@ def test_what_delivery_learned_of_a_body_lives_and_dies_with_it(store):
     assert store.read(lambda txn: txn.blob_info(delivered.blob_id)) is None
     assert store.read(lambda txn: txn.blob_info(appended.blob_id)) is None
     assert store.check()["blob_info"] == 0
+
+
+def test_messages_by_uid_range_and_the_states_an_open_mailbox_needs(store):
+    add_users(store, "a@example.org")
+    inbox, _ = inbox_of(store, "a@example.org")
+    for n in range(6):
+        store.apply(lambda txn, n=n: txn.append_message(inbox, b"m%d\r\n" % n))
+    store.apply(lambda txn: txn.expunge(inbox.id, [3]))
+    store.apply(lambda txn: txn.store_flags(inbox.id, [5], ["\\Seen"], "add"))
+    assert [e.uid for e in store.read(lambda txn: txn.messages(inbox.id, 2, 5))] == [2, 4, 5]
+    assert [e.uid for e in store.read(lambda txn: txn.messages(inbox.id, 5))] == [5, 6]
+    states = store.read(lambda txn: txn.message_states(inbox.id))
+    assert [(s.uid, s.flags) for s in states] == [
+        (1, ()), (2, ()), (4, ()), (5, ("\\Seen",)), (6, ())
+    ]  # fmt: skip
+    assert states[3].modseq == max(s.modseq for s in states)
