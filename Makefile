@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 DATA ?= var
 # Debian packages the tests drive as real clients and peers.
 TEST_PACKAGES := swaks openssl fetchmail mpop curl isync dovecot-core dovecot-imapd
+# The benchmarks are scripts without a .py suffix, which ruff finds only by name.
+BENCH_SCRIPTS := bench/smtp_inbound bench/pop3 bench/imap
 BENCH_PACKAGES := postfix dovecot-core dovecot-lmtpd dovecot-pop3d dovecot-imapd
 
 .PHONY: run test lint bench dist-clean
@@ -15,18 +17,19 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	@$(MAKE) --no-print-directory debian-packages PACKAGES="$(TEST_PACKAGES)"
-	$(BIN)/ruff check appliance tests bench
-	$(BIN)/ruff format --check appliance tests
+	$(BIN)/ruff check appliance tests bench $(BENCH_SCRIPTS)
+	$(BIN)/ruff format --check appliance tests bench $(BENCH_SCRIPTS)
 	$(BIN)/pytest -q
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check --fix appliance tests bench
-	$(BIN)/ruff format appliance tests
+	$(BIN)/ruff check --fix appliance tests bench $(BENCH_SCRIPTS)
+	$(BIN)/ruff format appliance tests bench $(BENCH_SCRIPTS)
 
 bench: $(VENV)/.installed  ## side by side with Postfix and Dovecot; see bench/README.md
 	@$(MAKE) --no-print-directory debian-packages PACKAGES="$(BENCH_PACKAGES)"
 	$(BIN)/python bench/smtp_inbound
 	$(BIN)/python bench/pop3
+	$(BIN)/python bench/imap
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
