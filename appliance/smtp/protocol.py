@@ -8,13 +8,24 @@ BDAT framing, EHLO keywords) is decided here, next to the rule it follows.
 
 One event at a time: while an event waits for respond(), later input stays
 buffered, so pipelined commands (RFC 2920) are answered in order.
+
+With submission=True the connection serves message submission (RFC 6409 on
+587 after STARTTLS, RFC 8314 on 465 with TLS from the start): AUTH PLAIN and
+LOGIN are offered once TLS is on, and MAIL needs a successful AUTH. The core
+runs the SASL exchange and hands the credentials over as an Authenticate
+event; the session checks them and calls auth_succeeded() or auth_failed().
+Later MailFrom and RcptTo events carry the authenticated identity, and what
+a user may send as is the session's decision. Without it (port 25) AUTH is
+neither offered nor accepted, as Postfix does by default.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 
@@ -63,6 +74,15 @@ class Limits:
     # gives up (Postfix's smtpd_hard_error_limit); 452 too many recipients
     # is normal flow control (RFC 5321 4.5.3.1.10) and does not count.
     max_errors: int = 20
+    # Failed AUTHs (wrong credentials) before the session gives up with 421:
+    # a client may mistype once or twice, a guesser is made to reconnect
+    # (and the session's per-address delay grows with every failure).
+    max_auth_failures: int = 3
+    # An AUTH command line or SASL response line, with its CRLF. RFC 4954 4
+    # wants room for the largest response of each mechanism offered: PLAIN's,
+    # with RFC 4616's 255-octet authzid, authcid and password, is 1024
+    # base64 characters. Longer lines get 500 5.5.6.
+    max_auth_line: int = 4096
 
 
 # -- events: what the session decides on ------------------------------------------------
@@ -78,19 +98,38 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class MailFrom:
-    """MAIL FROM; address is "" for the null reverse-path <>. Default reply 250 2.1.0."""
+    """MAIL FROM; address is "" for the null reverse-path <>. Default reply 250 2.1.0.
+
+    In submission mode identity is who authenticated (auth_succeeded()); the
+    session refuses a sender that is not theirs with respond(Reply(553, ...)).
+    """
 
     address: str
     smtputf8: bool
     body: str  # "7BIT" or "8BITMIME"
     size: int | None  # the SIZE parameter (RFC 1870), if given
+    identity: str | None = None  # None outside submission mode
 
 
 @dataclass(frozen=True, slots=True)
 class RcptTo:
-    """RCPT TO; default reply 250 2.1.5."""
+    """RCPT TO; default reply 250 2.1.5. identity as for MailFrom."""
 
     address: str
+    identity: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Authenticate:
+    """AUTH PLAIN or LOGIN completed (submission mode only).
+
+    The session checks the credentials and answers with auth_succeeded(identity)
+    (235) or auth_failed() (535, or 454 with temporary=True), never respond().
+    """
+
+    username: str
+    password: str = field(repr=False)  # kept out of logs that print the event
+    mechanism: str  # "PLAIN" or "LOGIN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +157,7 @@ class StartTLS:
     """STARTTLS; respond(None) queues 220, then the session upgrades and calls tls_started()."""
 
 
-Event = Hello | MailFrom | RcptTo | MessageReceived | MessageRefused | StartTLS
+Event = Hello | MailFrom | RcptTo | MessageReceived | MessageRefused | StartTLS | Authenticate
 
 
 # -- replies the core gives on its own --------------------------------------------------
@@ -132,6 +171,7 @@ _BYE = Reply(221, "2.0.0", "Bye")
 # RFC 5321 3.5.3: 252 when the server cannot verify but will try to deliver.
 _CANNOT_VRFY = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
 _HELP = Reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY STARTTLS")
+_SUBMISSION_HELP = Reply(214, "2.0.0", f"{_HELP.text} AUTH")
 
 _LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 _SYNTAX_ERROR = Reply(500, "5.5.2", "Syntax error")
@@ -157,6 +197,26 @@ _BARE_LINE_END = Reply(
 _NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 # RFC 5321 4.1.1.11: 555 for MAIL/RCPT parameters not recognized or not implemented.
 _UNSUPPORTED_PARAMETER = Reply(555, "5.5.4", "Unsupported parameter")
+
+# Submission and AUTH: RFC 3207 4 for the first, RFC 4954 4 and 6 for the rest.
+_NEED_STARTTLS = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+_NEED_AUTH = Reply(530, "5.7.0", "Authentication required")
+_AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+_AUTH_INVALID = Reply(535, "5.7.8", "Authentication credentials invalid")
+_AUTH_TEMPORARY = Reply(454, "4.7.0", "Temporary authentication failure")
+_AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")
+_AUTH_BAD_BASE64 = Reply(501, "5.5.2", "Cannot Base64-decode client response")
+_AUTH_LINE_TOO_LONG = Reply(500, "5.5.6", "Authentication Exchange line is too long")
+_AUTH_SYNTAX = Reply(501, "5.5.4", "Syntax: AUTH mechanism [initial-response]")
+_AUTH_UNSUPPORTED = Reply(504, "5.5.4", "Unsupported authentication mechanism")
+_AUTH_NOT_ENABLED = Reply(503, "5.5.1", "Error: authentication not enabled")
+_AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "Error: MAIL transaction in progress")
+_ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Error: already authenticated")
+# The empty challenge of PLAIN ("334 ", RFC 4954 4) and LOGIN's two prompts,
+# base64 for "Username:" and "Password:" (draft-murchison-sasl-login 2).
+_PLAIN_CHALLENGE = Reply(334, "", "")
+_LOGIN_USERNAME = Reply(334, "", "VXNlcm5hbWU6")
+_LOGIN_PASSWORD = Reply(334, "", "UGFzc3dvcmQ6")
 
 
 class _Refused(Exception):
@@ -193,6 +253,10 @@ _OUT_OF_SEQUENCE: dict[tuple[bytes, _Phase], Reply] = {
     (b"BDAT", _Phase.GREETED): _NEED_MAIL,
     (b"BDAT", _Phase.HELLO): _NEED_MAIL,
     (b"BDAT", _Phase.MAIL): _NO_RECIPIENTS,
+    (b"AUTH", _Phase.GREETED): _SEND_HELO_FIRST,
+    # RFC 4954 4: "An AUTH command issued during a mail transaction MUST be rejected".
+    (b"AUTH", _Phase.MAIL): _AUTH_IN_TRANSACTION,
+    (b"AUTH", _Phase.RCPT): _AUTH_IN_TRANSACTION,
 }
 
 
@@ -203,6 +267,15 @@ class _Input(Enum):
     DATA = "data"  # message content up to CRLF.CRLF
     CHUNK = "chunk"  # the octets announced by BDAT
     TLS = "tls"  # after 220 to STARTTLS: nothing, until the handshake is done
+    AUTH = "auth"  # after 334 to AUTH: the client's base64 response line
+
+
+class _AuthStep(Enum):
+    """Which response an AUTH exchange waits for (input is _Input.AUTH)."""
+
+    PLAIN = "plain"  # the whole PLAIN message, after the empty challenge
+    LOGIN_USERNAME = "login-username"
+    LOGIN_PASSWORD = "login-password"
 
 
 # Commands that make no progress (Limits.max_junk_commands).
@@ -236,6 +309,9 @@ _PATH = re.compile(
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")  # RFC 5321 4.1.2 esmtp-keyword
 _VALUE = re.compile(r"[\x21-\x3c\x3e-\x7e]+")  # esmtp-value: no "=", SP or controls
 _SIZE = re.compile(r"[0-9]{1,20}")
+# RFC 3461 4's xtext, the AUTH parameter's value (RFC 4954 5): printable
+# ASCII but "+" and "=", or "+" and two upper-case hex digits.
+_XTEXT = re.compile(r"(?:[\x21-\x2a\x2c-\x3c\x3e-\x7e]|\+[0-9A-F]{2})+")
 _BDAT = re.compile(rb"([0-9]{1,20})(?: +(LAST))?", re.IGNORECASE)  # RFC 3030 2
 
 # RFC 5321 4.5.3.1.1-3, in octets.
@@ -299,6 +375,16 @@ def _parse_parameters(text: str, bad_syntax: Reply) -> dict[str, str | None]:
     return parameters
 
 
+def _decode_base64(text: bytes) -> bytes:
+    """Strict base64 (RFC 4954 4): only the alphabet, padded, "=" only at the end."""
+    try:
+        if len(text) % 4:  # validate=True alone lets "QUJD=" through
+            raise binascii.Error("not padded to a multiple of 4")
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise _Refused(_AUTH_BAD_BASE64) from None  # RFC 4954 4: 501 5.5.2
+
+
 def _check_encoding(address: str, smtputf8: bool, bad_syntax: Reply) -> None:
     if address.isascii():
         return
@@ -318,8 +404,10 @@ class ServerConnection:
         "limits",
         "tls_available",
         "tls_active",
+        "submission",
         "closed",
         "helo",
+        "identity",
         "mail_from",
         "message_bytes_received",
         "_recipients",
@@ -342,6 +430,9 @@ class ServerConnection:
         "_output",
         "_errors",
         "_junk",
+        "_auth_failures",
+        "_auth_step",
+        "_auth_username",
     )
 
     def __init__(
@@ -350,13 +441,17 @@ class ServerConnection:
         limits: Limits | None = None,
         tls_available: bool = False,
         tls_active: bool = False,
+        submission: bool = False,
     ):
         self.hostname = hostname
         self.limits = limits or Limits()
         self.tls_available = tls_available
         self.tls_active = tls_active
+        self.submission = submission
         self.closed = False
         self.helo: str | None = None
+        # Who authenticated (auth_succeeded()); None until then.
+        self.identity: str | None = None
         # The current transaction: mail_from is None outside one.
         self.mail_from: str | None = None
         self.message_bytes_received = 0
@@ -373,7 +468,8 @@ class ServerConnection:
         # virtual CRLF, so that the end is found by one search.
         self._buffer = bytearray()
         self._scanned = 0  # how much of the buffer was searched already
-        self._skipping = False  # inside an over-long command line, hunting for its LF
+        # Inside an over-long line, hunting for its LF: the reply to give at its end.
+        self._skipping: Reply | None = None
         self._too_big = False  # DATA over max_message_size: discarding to the end
         self._dots = 0  # stuffing dots seen in DATA, counted once past the size limit
         self._dots_counted = 0
@@ -382,6 +478,9 @@ class ServerConnection:
         self._output = bytearray()
         self._errors = 0
         self._junk = 0
+        self._auth_failures = 0
+        self._auth_step = _AuthStep.PLAIN
+        self._auth_username = b""  # LOGIN's first response, until the second comes
 
     # -- the session's side ------------------------------------------------------------
 
@@ -436,6 +535,8 @@ class ServerConnection:
         event = self._pending
         if event is None or not self._handed_out:
             raise RuntimeError("respond() called with no event waiting for an answer")
+        if isinstance(event, Authenticate):
+            raise RuntimeError("Authenticate is answered by auth_succeeded() or auth_failed()")
         if reply is None and isinstance(event, MessageReceived):
             raise RuntimeError("MessageReceived has no default reply")
         self._pending = None
@@ -453,6 +554,22 @@ class ServerConnection:
             reply = self._accept(event, reply)
         self._send(reply)
         self._process()
+
+    def auth_succeeded(self, identity: str) -> None:
+        """Answer Authenticate: the credentials are good and belong to identity."""
+        if self._answered(Authenticate):
+            self.identity = identity
+            self._send(_AUTH_OK)
+            self._process()
+
+    def auth_failed(self, temporary: bool = False) -> None:
+        """Answer Authenticate: wrong credentials (535), or none could be checked (454)."""
+        if self._answered(Authenticate):
+            if temporary:
+                self._send(_AUTH_TEMPORARY)  # RFC 4954 6: the client may retry later
+            else:
+                self._auth_refused()
+            self._process()
 
     def data_to_send(self) -> bytes:
         output = bytes(self._output)
@@ -488,6 +605,14 @@ class ServerConnection:
         self._pending = event
         self._handed_out = False
 
+    def _answered(self, kind: type) -> bool:
+        """Take the pending event, which must be of kind; False if the connection closed."""
+        event = self._pending
+        if not isinstance(event, kind) or not self._handed_out:
+            raise RuntimeError(f"no {kind.__name__} event waiting for an answer")
+        self._pending = None
+        return not self.closed
+
     def _accept(self, event: Event, reply: Reply | None) -> Reply:
         """Record an accepted event; the reply to send (the default if reply is None)."""
         if isinstance(event, Hello):
@@ -521,6 +646,9 @@ class ServerConnection:
             "SMTPUTF8",  # RFC 6531
             "CHUNKING",  # RFC 3030
         ]
+        if self.submission and self.tls_active:
+            # RFC 4954 4 and RFC 8314 3: no password mechanism in clear text.
+            keywords.append("AUTH PLAIN LOGIN")
         if self.tls_available and not self.tls_active:
             keywords.append("STARTTLS")  # RFC 3207 4.2: not offered once TLS is on
         return Reply(250, "", tuple(keywords))
@@ -549,8 +677,8 @@ class ServerConnection:
     def _process(self) -> None:
         """Work through buffered input until it runs out or an event needs an answer."""
         while self._pending is None and not self.closed:
-            if self._input is _Input.COMMAND:
-                progressed = self._read_command()
+            if self._input is _Input.COMMAND or self._input is _Input.AUTH:
+                progressed = self._read_line()
             elif self._input is _Input.DATA:
                 progressed = self._read_data()
             elif self._input is _Input.CHUNK:
@@ -560,23 +688,28 @@ class ServerConnection:
             if not progressed:
                 return
 
-    def _read_command(self) -> bool:
+    def _read_line(self) -> bool:
+        """Take one command or SASL response line, if a whole one has arrived."""
         buffer = self._buffer
         end = buffer.find(b"\n", self._scanned)
-        limit = self.limits.max_command_line
         if end < 0:
             # Past the limit the line is refused anyway: drop it as it comes,
             # so that a line that never ends costs no memory.
-            if self._skipping or len(buffer) >= limit:
+            if self._skipping is None:
+                limit, too_long = self._line_limit()
+                if len(buffer) >= limit:
+                    self._skipping = too_long
+            if self._skipping is not None:
                 buffer.clear()
-                self._skipping = True
             self._scanned = len(buffer)
             return False
         self._scanned = 0
-        if self._skipping or end >= limit:  # the LF counts: RFC's 512 includes CRLF
+        limit, too_long = self._line_limit()
+        if self._skipping is not None or end >= limit:  # the LF counts: RFC's 512 includes CRLF
             del buffer[: end + 1]
-            self._skipping = False
-            self._send(_LINE_TOO_LONG)
+            too_long, self._skipping = self._skipping or too_long, None
+            self._input = _Input.COMMAND  # an over-long response ends the AUTH exchange too
+            self._send(too_long)
             return True
         line = bytes(buffer[:end])
         del buffer[: end + 1]
@@ -585,10 +718,21 @@ class ServerConnection:
         if line.endswith(b"\r"):
             line = line[:-1]
         try:
-            self._command(line)
+            if self._input is _Input.AUTH:
+                self._input = _Input.COMMAND
+                self._auth_response(line)
+            else:
+                self._command(line)
         except _Refused as refusal:
             self._send(refusal.reply)
         return True
+
+    def _line_limit(self) -> tuple[int, Reply]:
+        """The longest line allowed where the buffer starts, and the reply for a longer one."""
+        in_auth = self._input is _Input.AUTH
+        if in_auth or (self.submission and self._buffer[:5].upper() == b"AUTH "):
+            return self.limits.max_auth_line, _AUTH_LINE_TOO_LONG
+        return self.limits.max_command_line, _LINE_TOO_LONG
 
     def _command(self, line: bytes) -> None:
         if _CONTROL.search(line):
@@ -626,6 +770,12 @@ class ServerConnection:
 
     def _mail(self, argument: bytes) -> None:
         self._check_sequence(b"MAIL")
+        if self.submission:
+            # RFC 6409 4.3 and RFC 8314 3: no submission without TLS and AUTH.
+            if not self.tls_active:
+                raise _Refused(_NEED_STARTTLS)
+            if self.identity is None:
+                raise _Refused(_NEED_AUTH)
         text = argument.decode("utf-8", "surrogateescape")
         if text[:5].upper() != "FROM:":
             raise _Refused(Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>"))
@@ -649,10 +799,17 @@ class ServerConnection:
                 body = value.upper()  # RFC 6152 2
             elif keyword == "SMTPUTF8" and value is None:  # RFC 6531 3.4
                 smtputf8 = True
+            elif keyword == "AUTH" and self.submission:
+                # RFC 4954 5: a server offering AUTH must take the parameter. It
+                # names who first submitted a message that is being relayed;
+                # here the message is submitted, and the sender is checked
+                # against the authenticated identity instead, so it is dropped.
+                if value is None or not _XTEXT.fullmatch(value):
+                    raise _Refused(_BAD_PARAMETER)
             else:
                 raise _Refused(_UNSUPPORTED_PARAMETER)
         _check_encoding(address, smtputf8, _BAD_SENDER)
-        self._emit(MailFrom(address, smtputf8, body, size))
+        self._emit(MailFrom(address, smtputf8, body, size, self.identity))
 
     def _rcpt(self, argument: bytes) -> None:
         self._check_sequence(b"RCPT")
@@ -669,7 +826,7 @@ class ServerConnection:
         _check_encoding(address, self._smtputf8, _BAD_RECIPIENT)
         if len(self._recipients) >= self.limits.max_recipients:
             raise _Refused(_TOO_MANY_RECIPIENTS)
-        self._emit(RcptTo(address))
+        self._emit(RcptTo(address, self.identity))
 
     def _data(self, argument: bytes) -> None:
         if argument:
@@ -724,7 +881,7 @@ class ServerConnection:
         raise _Refused(_NOT_IMPLEMENTED)  # RFC 5321 7.3: it would hand out list members
 
     def _help(self, argument: bytes) -> None:
-        self._send(_HELP)
+        self._send(_SUBMISSION_HELP if self.submission else _HELP)
 
     def _starttls(self, argument: bytes) -> None:
         if argument:
@@ -734,6 +891,97 @@ class ServerConnection:
         if not self.tls_available:
             raise _Refused(_TLS_UNAVAILABLE)
         self._emit(StartTLS())
+
+    # -- AUTH (RFC 4954) ---------------------------------------------------------------
+
+    # PLAIN (RFC 4616) and LOGIN (draft-murchison-sasl-login), the two that
+    # every mail client offers; both carry the password itself, hence TLS.
+    # RFC 4954 4 lets an AUTH with a one-round-trip initial response (PLAIN's)
+    # be followed by pipelined commands: they stay buffered while Authenticate
+    # waits for the session, then run with its outcome. Anything else must end
+    # a pipelined group, so a line sent after it is the client's response.
+
+    def _auth(self, argument: bytes) -> None:
+        if not self.submission:
+            raise _Refused(_AUTH_NOT_ENABLED)
+        self._check_sequence(b"AUTH")
+        if not self.tls_active:
+            raise _Refused(_NEED_STARTTLS)
+        if self.identity is not None:
+            raise _Refused(_ALREADY_AUTHENTICATED)  # RFC 4954 4
+        mechanism, _, initial = argument.partition(b" ")
+        mechanism = mechanism.upper()  # RFC 4422 3.1: names are upper case
+        if not mechanism or b" " in initial:
+            raise _Refused(_AUTH_SYNTAX)
+        if mechanism == b"PLAIN":
+            self._auth_step = _AuthStep.PLAIN
+            if not initial:
+                self._challenge(_PLAIN_CHALLENGE)
+            else:
+                self._plain(self._decode_response(initial))
+        elif mechanism == b"LOGIN":
+            if not initial:
+                self._auth_step = _AuthStep.LOGIN_USERNAME
+                self._challenge(_LOGIN_USERNAME)
+            else:
+                # LOGIN has no standard saying who speaks first, so RFC 4954 4's
+                # 501 for a premature initial response does not bind it: some
+                # clients send the username so, and Dovecot takes it too.
+                self._auth_username = self._decode_response(initial)
+                self._auth_step = _AuthStep.LOGIN_PASSWORD
+                self._challenge(_LOGIN_PASSWORD)
+        else:
+            raise _Refused(_AUTH_UNSUPPORTED)  # RFC 4954 4: 504
+
+    def _challenge(self, reply: Reply) -> None:
+        self._send(reply)
+        self._input = _Input.AUTH
+
+    def _decode_response(self, initial: bytes) -> bytes:
+        """An initial response on the AUTH line: "=" is an empty one (RFC 4954 4)."""
+        return b"" if initial == b"=" else _decode_base64(initial)
+
+    def _auth_response(self, line: bytes) -> None:
+        """A response line in an AUTH exchange; the input is back to commands."""
+        if line == b"*":
+            raise _Refused(_AUTH_CANCELLED)  # RFC 4954 4: "*" cancels with 501
+        response = _decode_base64(line)
+        if self._auth_step is _AuthStep.PLAIN:
+            self._plain(response)
+        elif self._auth_step is _AuthStep.LOGIN_USERNAME:
+            self._auth_username = response
+            self._auth_step = _AuthStep.LOGIN_PASSWORD
+            self._challenge(_LOGIN_PASSWORD)
+        else:
+            username, self._auth_username = self._auth_username, b""
+            self._credentials(b"", username, response, "LOGIN")
+
+    def _plain(self, message: bytes) -> None:
+        """RFC 4616 2: [authzid] NUL authcid NUL passwd."""
+        parts = message.split(b"\0")
+        if len(parts) != 3:
+            self._auth_refused()  # not a PLAIN message: it fails as wrong ones do
+            return
+        authzid, authcid, password = parts
+        self._credentials(authzid, authcid, password, "PLAIN")
+
+    def _credentials(self, authzid: bytes, username: bytes, password: bytes, how: str) -> None:
+        try:
+            username_text, password_text = username.decode(), password.decode()
+        except UnicodeDecodeError:  # RFC 4616 2: UTF-8 only
+            username_text = password_text = ""
+        # RFC 4616 2: the server decides whom the authcid may act as; here
+        # only itself. Empty names and passwords match no account.
+        if not username_text or not password_text or authzid not in (b"", username):
+            self._auth_refused()
+            return
+        self._emit(Authenticate(username_text, password_text, how))
+
+    def _auth_refused(self) -> None:
+        self._auth_failures += 1
+        self._send(_AUTH_INVALID)
+        if self._auth_failures >= self.limits.max_auth_failures and not self.closed:
+            self._send(Reply(421, "4.7.0", f"{self.hostname} Error: too many failed logins"))
 
     # -- message content ---------------------------------------------------------------
 
@@ -860,4 +1108,5 @@ _COMMANDS = {
     b"EXPN": ServerConnection._expn,
     b"HELP": ServerConnection._help,
     b"STARTTLS": ServerConnection._starttls,
+    b"AUTH": ServerConnection._auth,
 }
