@@ -9,7 +9,9 @@ behind, writing waits when the peer does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl
 import time
 from collections import Counter
@@ -233,6 +235,15 @@ class Session(asyncio.Protocol):
         if self._eof and not chunks:
             return [b""]
         return chunks
+
+    def acknowledge_now(self) -> None:
+        """Acknowledge what arrived at once rather than after the delayed-ACK
+        timer (up to 40 ms): a client in the middle of a command may hold its
+        next bytes back until then (Nagle), waiting for nothing."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and hasattr(socket, "TCP_QUICKACK"):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
     async def write(self, data: bytes | memoryview) -> None:
         if data and not self.transport.is_closing():

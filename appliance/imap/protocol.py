@@ -356,6 +356,14 @@ class ServerConnection:
             self._handed_out = True
         return event
 
+    @property
+    def amid_literals(self) -> bool:
+        """A command with literals has begun and is not complete: the client
+        is still sending it, and may be holding its last bytes back until
+        they are acknowledged (Nagle's algorithm, e.g. the CRLF after an
+        APPEND literal)."""
+        return self._head is not None
+
     def data_to_send(self) -> list[bytearray | bytes | memoryview | object]:
         """Everything queued, in order: octets (bytearray), and what untagged()
         passed on whole (big memoryviews, the session's own pieces)."""

@@ -240,6 +240,8 @@ class ImapSession(Session):
             last_activity = time.monotonic()
             for chunk in self.take_input():
                 conn.receive_data(chunk)
+            if conn.amid_literals:
+                self.acknowledge_now()
             while (event := conn.next_event()) is not None:
                 self.busy = True
                 try:

@@ -549,6 +549,17 @@ def test_append_data_is_one_view_of_the_gathered_command():
     assert isinstance(data, memoryview) and data == body
 
 
+def test_a_command_is_amid_literals_from_its_first_literal_to_its_end():
+    client = logged_in()
+    assert not client.conn.amid_literals
+    client.send(b"a APPEND INBOX {5}\r\n")
+    assert client.conn.amid_literals
+    client.send(b"hello")  # the client may hold the CRLF back until this is acknowledged
+    assert client.conn.amid_literals
+    client.send(b"\r\n")
+    assert not client.conn.amid_literals and client.of(Command)
+
+
 def test_bare_lf_ends_lines_and_literal_announcements():
     client = Client()
     assert client.send(b'a LOGIN {3+}\nann "%s"\n' % PASSWORD.encode()) == (
