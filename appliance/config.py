@@ -26,6 +26,8 @@ DEFAULT_DATA_DIR = "./var"
 # Where a device listens when appliance.toml has no [listen] table.
 DEVICE_LISTEN = {
     "smtp": "0.0.0.0:25",
+    "submission": "0.0.0.0:587",
+    "submissions": "0.0.0.0:465",
     "imap": "0.0.0.0:143",
     "imaps": "0.0.0.0:993",
     "pop3": "0.0.0.0:110",

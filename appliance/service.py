@@ -27,6 +27,7 @@ from appliance.login import LoginGuard
 from appliance.pop3.server import Pop3Context, Pop3Session
 from appliance.sessions import ConnectionCounter, Listener, MailboxWatch, Session
 from appliance.smtp.server import SmtpContext, SmtpSession
+from appliance.smtp.submission import SubmissionSession
 from appliance.store import Store, Transaction, open_store
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class Service:
     def _protocols(self) -> dict[str, tuple[Callable[[Listener], Session], bool]]:
         return {
             "smtp": (lambda listener: SmtpSession(listener, self.smtp_context), False),
+            "submission": (lambda listener: SubmissionSession(listener, self.smtp_context), False),
+            "submissions": (lambda listener: SubmissionSession(listener, self.smtp_context), True),
             "pop3": (lambda listener: Pop3Session(listener, self.pop3_context), False),
             "pop3s": (lambda listener: Pop3Session(listener, self.pop3_context), True),
             "imap": (lambda listener: ImapSession(listener, self.imap_context), False),
@@ -75,7 +78,11 @@ class Service:
             self.tls.load_cert_chain(certificate, key)
         self.settings = settings
         self._smtp_context = SmtpContext(
-            hostname=settings.hostname, settings=settings.smtp, store=self.store, tls=self.tls
+            hostname=settings.hostname,
+            settings=settings.smtp,
+            store=self.store,
+            tls=self.tls,
+            logins=self.logins,
         )
         self._pop3_context = Pop3Context(
             hostname=settings.hostname,

@@ -64,12 +64,15 @@ class Appliance:
     pop3s_port: int = 0
     imap_port: int = 0
     imaps_port: int = 0
+    submission_port: int = 0
+    submissions_port: int = 0
     process: subprocess.Popen | None = None
     log_path: Path | None = None
 
     def __post_init__(self) -> None:
-        ports = free_ports(5, self.host)
-        self.port, self.pop3_port, self.pop3s_port, self.imap_port, self.imaps_port = ports
+        ports = free_ports(7, self.host)
+        self.port, self.pop3_port, self.pop3s_port, self.imap_port, self.imaps_port = ports[:5]
+        self.submission_port, self.submissions_port = ports[5:]
 
     def write_config(self) -> None:
         lines = ['hostname = "mail.example.test"', "shutdown_grace = 5", "[listen]"]
@@ -78,6 +81,8 @@ class Appliance:
         lines.append(f'pop3s = "{self.host}:{self.pop3s_port}"')
         lines.append(f'imap = "{self.host}:{self.imap_port}"')
         lines.append(f'imaps = "{self.host}:{self.imaps_port}"')
+        lines.append(f'submission = "{self.host}:{self.submission_port}"')
+        lines.append(f'submissions = "{self.host}:{self.submissions_port}"')
         for section, table in self.settings.items():
             lines.append(f"[{section}]")
             lines += [f"{key} = {_toml(value)}" for key, value in table.items()]
@@ -145,6 +150,19 @@ class Appliance:
                 return [bytes(m.head) + bytes(txn.blob(m.blob_id)) for m in txn.messages(box.id)]
 
             return store.read(read)
+        finally:
+            store.close()
+
+    def queue(self) -> list[tuple[str, tuple[str, ...], bytes]]:
+        """The outbound queue: (sender, recipients, message) of each entry."""
+        store = open_store(self.data)
+        try:
+            return store.read(
+                lambda txn: [
+                    (q.sender, q.recipients, bytes(q.head) + bytes(txn.blob(q.blob_id)))
+                    for q in txn.queued()
+                ]
+            )
         finally:
             store.close()
 

@@ -94,3 +94,27 @@ def _expand(
         for target in catch_all.targets:
             if target != address:
                 _expand(txn, target, delimiter, depth + 1, seen, accounts, forwards)
+
+
+def may_send_as(txn: Transaction, account: str, sender: str, delimiter: str = "+") -> bool:
+    """Whether a user logged in as `account` may use `sender` as envelope
+    sender or From: (RFC 6409 8.1 lets a submission server refuse the rest):
+    their own address, with a +tag or not, and any alias that delivers to
+    them. A catch-all does not count: receiving a domain's stray mail is no
+    right to speak for every address in it."""
+    try:
+        normalized = normalize_address(sender)
+    except AddressError:
+        return False
+    local, _, domain = normalized.rpartition("@")
+    candidates = [normalized]
+    if delimiter and delimiter in local:
+        candidates.append(f"{local.split(delimiter, 1)[0]}@{domain}")
+    for candidate in candidates:
+        if candidate == account:
+            return True
+        if txn.alias(candidate) is not None:
+            accounts: dict[str, None] = {}
+            _expand(txn, candidate, delimiter, 0, set(), accounts, {})
+            return account in accounts
+    return False

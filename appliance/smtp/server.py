@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from appliance.config import SmtpSettings
 from appliance.delivery.local import Refused, resolve
+from appliance.login import LoginGuard
 from appliance.message import structure
 from appliance.sessions import Listener, Session
 from appliance.smtp.protocol import (
@@ -43,10 +44,11 @@ class SmtpContext:
     settings: SmtpSettings
     store: Store
     tls: ssl.SSLContext | None
+    logins: LoginGuard | None = None  # submission's AUTH
 
 
 @dataclass(slots=True)
-class _Transaction:
+class MailTransaction:
     """Where the accepted recipients of the current transaction go."""
 
     accounts: dict[str, str] = field(default_factory=dict)  # account -> RCPT address
@@ -64,14 +66,18 @@ class SmtpSession(Session):
         self._esmtp = False
         self._smtputf8 = False
 
-    async def serve(self, admitted: bool) -> None:
+    def new_core(self) -> ServerConnection:
         ctx = self._context
-        conn = ServerConnection(
+        return ServerConnection(
             hostname=ctx.hostname,
             limits=ctx.settings.limits,
             tls_available=ctx.tls is not None,
             tls_active=self.tls_active,
         )
+
+    async def serve(self, admitted: bool) -> None:
+        ctx = self._context
+        conn = self.new_core()
         if admitted:
             conn.greet()
             await self._serve(conn)
@@ -81,7 +87,7 @@ class SmtpSession(Session):
             await self.write(conn.data_to_send())
 
     async def _serve(self, conn: ServerConnection) -> None:
-        transaction = _Transaction()
+        transaction = MailTransaction()
         phase_started = time.monotonic()
         await self.write(conn.data_to_send())
         while not conn.closed:
@@ -120,7 +126,7 @@ class SmtpSession(Session):
             return phase_started + settings.data_timeout + allowance
         return phase_started + settings.command_timeout
 
-    async def _answer(self, conn: ServerConnection, event, transaction: _Transaction):
+    async def _answer(self, conn: ServerConnection, event, transaction: MailTransaction):
         ctx = self._context
         if isinstance(event, Hello):
             self._esmtp = event.verb == "EHLO"
@@ -129,7 +135,7 @@ class SmtpSession(Session):
         if isinstance(event, MailFrom):
             self._smtputf8 = event.smtputf8
             conn.respond(None)
-            return _Transaction()
+            return MailTransaction()
         if isinstance(event, RcptTo):
             try:
                 route = ctx.store.read(
@@ -144,18 +150,24 @@ class SmtpSession(Session):
             conn.respond(None)
             return transaction
         if isinstance(event, MessageReceived):
-            reply = await self._deliver(conn, event, transaction)
+            reply = await self.deliver(conn, event.content, transaction)
             conn.respond(reply)
-            return _Transaction()
+            return MailTransaction()
         if isinstance(event, MessageRefused):
             self._log_transaction(conn, event.size, event.reply, "-", 0, 0)
             conn.respond(None)
-            return _Transaction()
+            return MailTransaction()
         raise RuntimeError(f"unexpected SMTP event {event!r}")
 
-    async def _deliver(
-        self, conn: ServerConnection, event: MessageReceived, transaction: _Transaction
+    async def deliver(
+        self,
+        conn: ServerConnection,
+        body: bytes | bytearray,
+        transaction: MailTransaction,
+        analyzed: structure.Structure | None = None,
     ) -> Reply:
+        """Store the message for its local recipients and queue it for the
+        rest, in one commit; the Reply says whether that commit happened."""
         ctx = self._context
         queue_id = new_message_id()
         sender = conn.mail_from or ""
@@ -167,9 +179,8 @@ class SmtpSession(Session):
         ]
         forwards = tuple(transaction.forwards)
         forward_head = received(forwards[0] if len(forwards) == 1 else None) if forwards else b""
-        body = event.content
         # Analyzed once, here, so that IMAP never parses this body again.
-        info = structure.analyze(body).to_record() if local else None
+        info = (analyzed or structure.analyze(body)).to_record() if local else None
         try:
             stored = await ctx.store.submit(
                 lambda txn: txn.deliver(body, local, sender, forwards, forward_head, info)
@@ -219,6 +230,8 @@ class SmtpSession(Session):
             protocol = "UTF8" + protocol
         if self.tls_active:
             protocol += "S"
+        if conn.identity is not None:
+            protocol += "A"
         tls = ""
         ssl_object = self.transport.get_extra_info("ssl_object")
         if ssl_object is not None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from appliance.delivery.local import Refused, resolve
+from appliance.delivery.local import Refused, may_send_as, resolve
 from appliance.store import open_store
 
 
@@ -72,3 +72,23 @@ def test_refusals_carry_their_reply(store, address, code, status):
     with pytest.raises(Refused) as refusal:
         route(store, address)
     assert (refusal.value.code, refusal.value.status) == (code, status)
+
+
+@pytest.mark.parametrize(
+    "account, sender, allowed",
+    [
+        ("ann@example.org", "ann@example.org", True),
+        ("ann@example.org", "ANN@Example.Org", True),
+        ("ann@example.org", "ann+news@example.org", True),
+        ("ann@example.org", "team@example.org", True),  # an alias that reaches her
+        ("ann@example.org", "loop1@example.org", False),  # reaches bob only
+        ("bob@example.org", "loop1@example.org", True),
+        ("ann@example.org", "bob@example.org", False),
+        ("cat@other.org", "whoever@other.org", False),  # a catch-all gives no right
+        ("ann@example.org", "ann@elsewhere.test", False),
+        ("ann@example.org", "", False),
+        ("ann@example.org", "not an address", False),
+    ],
+)
+def test_who_may_send_as_whom(store, account, sender, allowed):
+    assert store.read(lambda txn: may_send_as(txn, account, sender)) is allowed
