@@ -1147,6 +1147,10 @@ def _append(reader: _Reader, uid: bool) -> AppendArgs:
     mailbox = reader.mailbox()
     messages = []
     while reader.take(b" "):
+        if messages:
+            # imapclient puts two SP between messages; Dovecot takes one more, and so
+            # does this (never more: each message still needs its own separator).
+            reader.take(b" ")
         flags: tuple[str, ...] = ()
         if reader.peek() == b"(":
             flags = reader.flag_list()

@@ -348,6 +348,19 @@ def test_multiappend_gives_every_message():
     ]
 
 
+def test_multiappend_takes_a_second_space_between_messages_as_imapclient_sends():
+    parsed = args(b"a APPEND Multi {1}\r\nx  {1}\r\ny  (\\Seen) {1}\r\nz")
+    assert [(m.flags, bytes(m.data)) for m in parsed.messages] == [
+        ((), b"x"),
+        ((), b"y"),
+        (("\\Seen",), b"z"),
+    ]
+    assert refused(b"a APPEND Multi {1}\r\nx   {1}\r\ny").text == (
+        "Expected the message as a literal"
+    )
+    assert refused(b"a APPEND Multi  {1}\r\nx").text == "Expected the message as a literal"
+
+
 @pytest.mark.parametrize(
     "line",
     [
