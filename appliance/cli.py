@@ -54,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.set_defaults(run=_domain_remove)
 
+    dkim = commands.add_parser("dkim", help="DKIM keys of a domain").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    p = dkim.add_parser("show", help="print the DNS TXT records to publish")
+    p.add_argument("domain")
+    p.set_defaults(run=_dkim_show)
+    p = dkim.add_parser("rotate", help="make new keys; the old ones keep verifying for a while")
+    p.add_argument("domain")
+    p.set_defaults(run=_dkim_rotate)
+
     user = commands.add_parser("user", help="manage accounts").add_subparsers(
         dest="action", required=True, parser_class=_Parser
     )
@@ -114,10 +124,55 @@ def _read_password(args) -> str:
 
 
 def _domain_add(args) -> int:
+    from appliance.mailauth import dkim
+
     name = normalize_domain(args.name)
     _store_apply(args, lambda txn: txn.add_domain(name))
-    print(f"added domain {name}")
+    dkim.make_keys(config.data_dir_from(args.data), name)
+    print(f"added domain {name}; its DKIM records: appliance dkim show {name}")
     return 0
+
+
+def _known_domain(args) -> str:
+    name = normalize_domain(args.domain)
+    if _store_apply(args, lambda txn: txn.domain(name)) is None:
+        raise UsageError(f"no domain {name} (add it with: appliance domain add {name})")
+    return name
+
+
+def _dkim_show(args) -> int:
+    from appliance.mailauth import dkim
+
+    name = _known_domain(args)
+    data_dir = config.data_dir_from(args.data)
+    dkim.make_keys(data_dir, name)  # a domain added before DKIM existed gets its keys now
+    _print_dkim_records(data_dir, name)
+    return 0
+
+
+def _dkim_rotate(args) -> int:
+    from appliance.mailauth import dkim
+
+    name = _known_domain(args)
+    data_dir = config.data_dir_from(args.data)
+    made = dkim.rotate(data_dir, name)
+    removed = dkim.remove_retired(data_dir, name, dkim.RETIRED_KEEP_DAYS)
+    print(f"new selectors {', '.join(s.name for s in made)} sign from now on; publish them:")
+    _print_dkim_records(data_dir, name)
+    for selector in removed:
+        print(f"; retired and removed: {selector.name}._domainkey.{name} can go from DNS")
+    return 0
+
+
+def _print_dkim_records(data_dir, name: str) -> None:
+    from appliance.mailauth import dkim
+
+    active = {s.name for s in dkim.active_selectors(data_dir, name)}
+    for record in dkim.dns_records(data_dir, name):
+        selector = record.name.split(".", 1)[0]
+        state = "signing" if selector in active else "retired, still verifying"
+        print(f"; {selector}: {state}")
+        print(record.zone_line)
 
 
 def _domain_list(args) -> int:

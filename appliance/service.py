@@ -83,6 +83,7 @@ class Service:
             store=self.store,
             tls=self.tls,
             logins=self.logins,
+            data_dir=settings.data_dir,
         )
         self._pop3_context = Pop3Context(
             hostname=settings.hostname,

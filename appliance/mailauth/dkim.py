@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import logging
 import os
 import re
@@ -433,6 +434,12 @@ class Signer:
         if not cached.keys:
             raise NoKeyError(f"no DKIM key for {domain}")
         return cached.keys
+
+
+@functools.cache
+def signer_for(data_dir: Path) -> Signer:
+    """The one Signer of a data directory, made when first needed."""
+    return Signer(data_dir)
 
 
 def _load_active_keys(

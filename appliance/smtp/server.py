@@ -15,6 +15,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from appliance.config import SmtpSettings
 from appliance.delivery.local import Refused, resolve
@@ -45,6 +46,7 @@ class SmtpContext:
     store: Store
     tls: ssl.SSLContext | None
     logins: LoginGuard | None = None  # submission's AUTH
+    data_dir: Path | None = None  # where submission finds the DKIM keys
 
 
 @dataclass(slots=True)

@@ -55,6 +55,8 @@ def test_domain_user_alias_round_trip(data):
         (["user", "remove", "nobody@example.org"], None, "no account"),
         (["alias", "add", "a@example.org", "not-an-address"], None, "not a valid address"),
         (["alias", "remove", "a@example.org"], None, "no alias"),
+        (["dkim", "show", "nowhere.test"], None, "no domain nowhere.test"),
+        (["dkim", "rotate", "not a domain"], None, "not a valid domain"),
         (["frobnicate"], None, "invalid choice"),
         (["user"], None, "required"),
     ],
@@ -79,3 +81,21 @@ def test_password_never_comes_from_argv(data):
     result = cli(data, "user", "add", "ann@example.org", PASSWORD)
     assert result.returncode == 1
     assert listing(data, "user") == []
+
+
+def test_dkim_records_to_publish_and_rotation(data):
+    shown = cli(data, "dkim", "show", "example.org")
+    assert shown.returncode == 0, shown.stderr
+    records = [line for line in shown.stdout.splitlines() if not line.startswith(";")]
+    assert len(records) == 2
+    assert all(r.startswith(("a", "A")) and "._domainkey.example.org. IN TXT" in r for r in records)
+    assert any('"v=DKIM1; k=rsa; p=' in r for r in records)
+    assert any('"v=DKIM1; k=ed25519; p=' in r for r in records)
+    keys = sorted((data / "dkim" / "example.org").iterdir())
+    assert [oct(k.stat().st_mode & 0o777) for k in keys] == ["0o600", "0o600"]
+
+    rotated = cli(data, "dkim", "rotate", "example.org")
+    assert rotated.returncode == 0, rotated.stderr
+    after = cli(data, "dkim", "show", "example.org").stdout
+    assert after.count("IN TXT") == 4  # the old pair keeps verifying mail already sent
+    assert after.count(": signing") == 2 and after.count("retired, still verifying") == 2

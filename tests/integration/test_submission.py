@@ -122,3 +122,27 @@ def test_swaks_submits_with_starttls_and_auth_login(appliance):
     assert "235 2.7.0" in result.stdout
     [stored] = appliance.inbox("bob@example.test")
     assert b"sent by swaks" in stored and b"ESMTPSA" in stored
+
+
+def test_submitted_mail_is_dkim_signed_with_both_algorithms(appliance):
+    import dkim
+
+    from appliance.mailauth.dkim import dns_records
+
+    records = {
+        f"{r.name}.".encode(): r.value.encode() for r in dns_records(appliance.data, "example.test")
+    }
+    with submit(appliance) as client:
+        client.sendmail(ANN, ["carol@remote.test"], message(to="carol@remote.test"))
+    [(_, _, queued)] = appliance.queue()
+    signed = queued[queued.index(b"DKIM-Signature:") :]  # as it leaves, without our trace fields
+    assert signed.count(b"DKIM-Signature:") == 2
+    assert (
+        b"a=rsa-sha256" in signed and b"a=ed25519-sha256" in signed and b"d=example.test" in signed
+    )
+    verifier = dkim.DKIM(signed)
+    assert all(
+        verifier.verify(idx, dnsfunc=lambda name, timeout=5: records[name]) for idx in (0, 1)
+    )
+    tampered = signed.replace(b"Body line one.", b"Body line 1.")
+    assert not dkim.verify(tampered, dnsfunc=lambda name, timeout=5: records[name])
