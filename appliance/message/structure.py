@@ -18,16 +18,27 @@ that the two can be compared octet for octet:
   so a last line without a line end is not counted.
 - Strings keep the case they had in the message; defaults are lower case
   ("text" "plain" ("charset" "us-ascii") ... "7bit"). A text/* part without a
-  charset parameter is reported with charset us-ascii (RFC 2046 4.1.2).
+  charset parameter is reported with charset us-ascii (RFC 2046 4.1.2), after
+  its other parameters. An encapsulated message is "message" "rfc822"
+  whatever the case of its Content-Type.
 - RFC 2231 parameter sections are joined: name*0, name*1 become one name;
   when any section is encoded the result is name* with one charset'lang'
-  prefix and the plain sections percent-encoded, still 7-bit and lossless.
-- ENVELOPE strings are the unfolded field values, with no RFC 2047 decoding.
-  An address without a local part or domain gets MISSING_MAILBOX or
-  MISSING_DOMAIN, because a NIL host means a group (RFC 3501 7.4.2).
+  prefix and the plain sections percent-encoded, still 7-bit and lossless
+  (Dovecot escapes only "%" in them). Joined parameters follow the plain
+  ones, by name; sections with a number missing or repeated are not joined.
+- ENVELOPE strings have no RFC 2047 decoding. A field value is unfolded by
+  removing its line ends: the white space after the colon is dropped, the
+  rest kept, trailing white space too. The subject and display names are
+  written with each run of white space as one space and none at the ends.
+  An addr-spec without angle brackets takes the last comment in or after
+  it as its name ("user@host (Name)"); a comment beside <...> is no name.
+- An address without a local part or domain ("<>" lacks both) gets
+  MISSING_MAILBOX or MISSING_DOMAIN, because a NIL host means a group (RFC
+  3501 7.4.2).
 - A multipart without a boundary parameter, or whose boundary never occurs,
-  has no parts; BODYSTRUCTURE shows one empty text/plain part in it because
-  the grammar needs at least one (body-type-mpart = 1*body ...).
+  has no parts; BODYSTRUCTURE shows one empty text/plain part in it (with
+  empty extension data) because the grammar needs at least one
+  (body-type-mpart = 1*body ...).
 - A section that does not exist, and HEADER or TEXT of a part that is not a
   message/rfc822, is empty: the server sends "" (Mark Crispin on the
   imap-protocol list, 2011: meaningless section fetches return "").
@@ -35,12 +46,15 @@ that the two can be compared octet for octet:
 Broken mail is parsed, never refused: LF-only line ends, a header with no
 blank line after it (all header, empty body), lines that are not fields,
 missing close delimiters (the part runs to an enclosing boundary or to the
-end). StructureLimits bound the work; beyond them the rest is opaque body.
+end). StructureLimits bound the work; beyond them the rest is opaque body:
+a multipart or message on the last level of nesting is not opened and is
+reported as application/octet-stream, with its parameters.
 """
 
 from __future__ import annotations
 
 import binascii
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -69,8 +83,11 @@ MISSING_DOMAIN = b"MISSING_DOMAIN"
 class StructureLimits:
     """How much of a message analyze() looks into; the rest is opaque body."""
 
-    # Real mail nests a few levels (a forward inside a reply inside a digest
-    # is five); 100 is Dovecot's default and bounds the recursion.
+    # Levels of nesting, the message itself the first: a multipart or
+    # message part on the last level is not opened but reported as the
+    # opaque application/octet-stream it has become. Real mail nests a few
+    # levels (a forward inside a reply inside a digest is five); 100 is
+    # Dovecot's default, counted as Dovecot counts it, and bounds the recursion.
     max_depth: int = 100
     # Parts counted over the whole message, Dovecot's default: each costs a
     # few dozen bytes of record and of BODYSTRUCTURE, so 10,000 keeps both
@@ -200,13 +217,15 @@ class Structure:
 _LF, _CR, _SEMICOLON, _OPEN = 0x0A, 0x0D, 0x3B, 0x28
 _TEXT_PLAIN = ("text", "plain")
 _MESSAGE_RFC822 = ("message", "rfc822")
+_MESSAGE_TYPES = frozenset({_MESSAGE_RFC822, ("message", "global")})
 _IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 
 # A field line and its continuation lines (RFC 5322 2.2, 2.2.3). `.` stops at
 # LF only, so a CR before it stays in the value and is removed by unfolding.
 # WSP before the colon is the obsolete syntax of RFC 5322 4.5.
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\n[ \t].*)*)", re.M)
-_FOLD = re.compile(rb"\r?\n")
+_LINE_END = re.compile(rb"\r?\n|\r\Z")
+_LEADING_SPACE = re.compile(rb"^[ \t]+")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
 _NEWLINE = re.compile(rb"\n")
 
@@ -403,19 +422,24 @@ class _Analyzer:
         kind = (mime["type"].lower(), mime["subtype"].lower())
         boundary = _parameter(mime["parameters"], "boundary")
         children: tuple[Part, ...] = ()
-        opens = separated and depth < self._limits.max_depth
-        if opens and kind[0] == "multipart" and boundary:
+        multipart = separated and kind[0] == "multipart" and bool(boundary)
+        # RFC 2046 5.2.1: the body is a whole message. An encoded one (RFC
+        # 6532 3.5 allows that for message/global) stays opaque.
+        message = (
+            separated
+            and kind in _MESSAGE_TYPES
+            and (mime["encoding"] or "7bit").lower() in _IDENTITY_ENCODINGS
+        )
+        if (multipart or message) and depth + 1 >= self._limits.max_depth:
+            # Not opened: it is reported as what it has become, opaque
+            # octets, with its parameters, as Dovecot reports it.
+            mime.update(type="application", subtype="octet-stream")
+            multipart = message = False
+        if multipart:
             children, hit, body_end = self._multipart(
                 boundary, body_start, depth, kind[1] == "digest"
             )
-        elif (
-            opens
-            and kind in (("message", "rfc822"), ("message", "global"))
-            and (mime["encoding"] or "7bit").lower() in _IDENTITY_ENCODINGS
-            and self._budget()
-        ):
-            # RFC 2046 5.2.1: the body is a whole message. An encoded one
-            # (RFC 6532 3.5 allows that for message/global) stays opaque.
+        elif message and self._budget():
             child, hit = self._part(body_start, depth + 1, _TEXT_PLAIN, True)
             children, body_end = (child,), child.body_end
         else:
@@ -482,9 +506,12 @@ class _Analyzer:
 
 
 def _unfold(value: bytes) -> bytes:
-    # RFC 5322 2.2.3: unfolding removes the CRLF before each continuation's
-    # white space; the white space around the whole value is not content.
-    return _FOLD.sub(b"", value).strip(b" \t\r\n")
+    # RFC 5322 2.2.3: unfolding removes the line ends and keeps the white
+    # space of each continuation. The white space after the colon is not
+    # content; trailing white space is kept, and a CR that ends no line is
+    # white space too, as Dovecot reads them.
+    value = _LINE_END.sub(b"", _LEADING_SPACE.sub(b"", value, count=1))
+    return value.replace(b"\r", b" ")
 
 
 # ---------------------------------------------------------------------------
@@ -655,49 +682,54 @@ def _parameters(value: bytes, i: int) -> tuple[tuple[str, bytes], ...]:
 
 
 def _join_sections(found: list[tuple[str, bytes]]) -> tuple[tuple[str, bytes], ...]:
-    """RFC 2231 3 and 4: sections of one parameter become one parameter,
-    in the place of its first section."""
-    order: list[tuple[str, bytes] | str] = []
-    sections: dict[str, list[tuple[int, bool, bytes]]] = {}
-    names: dict[str, str] = {}
+    """RFC 2231 3 and 4: the sections of one parameter become one parameter.
+
+    In Dovecot's order: the plain parameters as written, then the RFC 2231
+    ones by name. Sections that are not numbered 0, 1, 2 ... (one missing,
+    one repeated) are not joined, since what they spell is unknown: each
+    stays a parameter of its own, named name*N or name*N*.
+    """
+    plain: list[tuple[str, bytes]] = []
+    sections: list[tuple[str, int, bool, bytes]] = []  # name, number, encoded, value
     for name, value in found:
         match = _SECTION.fullmatch(name)
         if match is None:
-            order.append((name, value))
+            plain.append((name, value))
             continue
         base, number, star = match.groups()
-        key = base.lower()
-        if key not in sections:
-            sections[key], names[key] = [], base
-            order.append(key)
-        if number is None:
-            sections[key].append((0, True, value))
+        if number is None:  # name*: one encoded value, section 0
+            sections.append((base, 0, True, value))
         else:
-            sections[key].append((int(number), star == "*", value))
+            sections.append((base, int(number), star == "*", value))
+    sections.sort(key=lambda section: (section[0], section[1]))
     joined: list[tuple[str, bytes]] = []
-    for item in order:
-        if isinstance(item, tuple):
-            joined.append(item)
+    for _, grouped in itertools.groupby(sections, key=lambda section: section[0].lower()):
+        group = list(grouped)
+        if [number for _, number, _, _ in group] != list(range(len(group))):
+            joined += [
+                (f"{base}*{number}{'*' if encoded else ''}", value)
+                for base, number, encoded, value in group
+            ]
+        elif not any(encoded for _, _, encoded, _ in group):
+            joined.append((group[0][0], b"".join(value for _, _, _, value in group)))
+        else:
+            joined.append((group[0][0] + "*", _extended_value(group)))
+    return (*plain, *joined)
+
+
+def _extended_value(group: list[tuple[str, int, bool, bytes]]) -> bytes:
+    """One RFC 2231 ext-value from sections of which some are encoded."""
+    pieces = []
+    for _, number, encoded, value in group:
+        if encoded:
+            pieces.append(value)
             continue
-        unique: dict[int, tuple[bool, bytes]] = {}
-        for number, encoded, value in sections[item]:
-            unique.setdefault(number, (encoded, value))
-        ordered = [unique[number] for number in sorted(unique)]
-        if not any(encoded for encoded, _ in ordered):
-            joined.append((names[item], b"".join(value for _, value in ordered)))
-            continue
-        pieces = []
-        for index, (encoded, value) in enumerate(ordered):
-            if encoded:
-                pieces.append(value)
-            else:
-                # A plain section inside an encoded value must be
-                # percent-encoded, and a plain first one gets the empty
-                # charset'language' prefix that an ext-value starts with.
-                escaped = _NOT_ATTRIBUTE_CHAR.sub(lambda m: b"%%%02X" % m.group()[0], value)
-                pieces.append(b"''" + escaped if index == 0 else escaped)
-        joined.append((names[item] + "*", b"".join(pieces)))
-    return tuple(joined)
+        # A plain section inside an encoded value must be percent-encoded
+        # (RFC 2231 7 extended-other-values), and a plain first one gets the
+        # empty charset'language' prefix that an ext-value starts with.
+        escaped = _NOT_ATTRIBUTE_CHAR.sub(lambda m: b"%%%02X" % m.group()[0], value)
+        pieces.append(b"''" + escaped if number == 0 else escaped)
+    return b"".join(pieces)
 
 
 # ---------------------------------------------------------------------------
@@ -766,14 +798,20 @@ def _raw(tokens: list[_Token]) -> bytes:
     return b"".join(token.raw for token in tokens if token.kind != "comment")
 
 
-def _comment_name(comments: list[_Token]) -> bytes | None:
-    # "user@host (Real Name)": the comment is the only name there is, and
-    # c-client and Dovecot both show it as one.
-    return next((comment.text for comment in comments if comment.text), None)
+def _comment_name(tokens: list[_Token]) -> bytes | None:
+    """The name of an addr-spec without angle brackets: "user@host (Real
+    Name)" has only its comment. As Dovecot reads it, that is the last
+    comment from the local part on, and an empty one is no name; a comment
+    before the address is not its name."""
+    first = next((n for n, token in enumerate(tokens) if token.kind != "comment"), len(tokens))
+    comments = [token for token in tokens[first:] if token.kind == "comment"]
+    return (comments[-1].text or None) if comments else None
 
 
-def _angle_address(inner: list[_Token], name: bytes | None) -> Address | None:
-    """The route and addr-spec between < and > (RFC 5322 3.4, 4.4 obs-route)."""
+def _angle_address(inner: list[_Token], name: bytes | None) -> Address:
+    """The route and addr-spec between < and > (RFC 5322 3.4, 4.4 obs-route).
+    An empty one, "<>", is an address that lacks both parts, as Dovecot
+    shows it."""
     inner = [token for token in inner if token.kind != "comment"]
     route = None
     colons = [n for n, token in enumerate(inner) if token.kind == ":"]
@@ -785,8 +823,6 @@ def _angle_address(inner: list[_Token], name: bytes | None) -> Address | None:
         local, domain = _raw(inner), b""
     else:
         local, domain = _raw(inner[:at]), _raw(inner[at + 1 :])
-    if not (local or domain or name):
-        return None
     return Address(name, route, local or MISSING_MAILBOX, domain or MISSING_DOMAIN)
 
 
@@ -802,11 +838,12 @@ def _addresses(value: bytes) -> tuple[Address, ...]:
         while i < n and tokens[i].kind in _WORD_KINDS:
             i += 1
         words = [token for token in tokens[start:i] if token.kind != "comment"]
-        comments = [token for token in tokens[start:i] if token.kind == "comment"]
+        spelled = tokens[start:i]  # the words with their comments
         kind = tokens[i].kind if i < n else ""
         if kind == "<":
             close = next((j for j in range(i + 1, n) if tokens[j].kind == ">"), n)
-            name = _phrase(words) or _comment_name(comments)
+            # A comment beside an angle address is not its name.
+            name = _phrase(words)
             address = _angle_address(tokens[i + 1 : close], name)
             i = close + 1
         elif kind == "@":
@@ -815,9 +852,8 @@ def _addresses(value: bytes) -> tuple[Address, ...]:
             while i < n and tokens[i].kind in _WORD_KINDS:
                 i += 1
             domain = tokens[domain_start:i]
-            comments += [token for token in domain if token.kind == "comment"]
             address = Address(
-                _comment_name(comments),
+                _comment_name(spelled + domain),
                 None,
                 _raw(words) or MISSING_MAILBOX,
                 _raw(domain) or MISSING_DOMAIN,
@@ -832,14 +868,13 @@ def _addresses(value: bytes) -> tuple[Address, ...]:
             # A separator, the end, or stray punctuation. Words before it
             # are a local part that lost its domain.
             if words:
-                found.append(Address(_comment_name(comments), None, _raw(words), MISSING_DOMAIN))
+                found.append(Address(_comment_name(spelled), None, _raw(words), MISSING_DOMAIN))
             if kind == ";" and in_group:
                 found.append(_GROUP_END)
                 in_group = False
             i += 1
             continue
-        if address is not None:
-            found.append(address)
+        found.append(address)
         while i < n and tokens[i].kind not in (",", ";"):
             i += 1  # junk after an address, up to the next separator
     if in_group:
@@ -873,10 +908,13 @@ _NIL = b"NIL"
 # RFC 3501 9: a quoted string holds TEXT-CHARs, 7-bit without NUL, CR, LF.
 _QUOTABLE = re.compile(rb"[\x01-\x09\x0b\x0c\x0e-\x7f]*")
 _QUOTED_SPECIAL = re.compile(rb'["\\]')
+_WHITE_SPACE = re.compile(rb"[ \t\r\n]+")
 _EMPTY_ENVELOPE = b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
 # A multipart with no parts, and a message part that was not opened, still
-# need a body in the grammar: an empty text/plain, as Dovecot writes.
+# need a body in the grammar: an empty text/plain, as Dovecot writes, with
+# empty extension data in a BODYSTRUCTURE.
 _EMPTY_BODY = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)'
+_EMPTY_BODY_EXTENSIBLE = _EMPTY_BODY[:-1] + b" NIL NIL NIL NIL)"
 
 
 def _nstring(value: bytes | None) -> bytes:
@@ -899,11 +937,18 @@ def _parameter_list(parameters: Iterable[tuple[str, bytes]]) -> bytes:
     return b"(" + b" ".join(items) + b")" if items else _NIL
 
 
+def _for_humans(value: bytes | None) -> bytes | None:
+    """A subject or display name as Dovecot writes it: each run of white
+    space one space, none at either end."""
+    return None if value is None else _WHITE_SPACE.sub(b" ", value).strip(b" ")
+
+
 def _address_list(addresses: tuple[Address, ...]) -> bytes:
     if not addresses:
         return _NIL
     return b"(%s)" % b"".join(
-        b"(%s)" % b" ".join(_nstring(value) for value in address) for address in addresses
+        b"(%s)" % b" ".join(_nstring(value) for value in (_for_humans(name), *rest))
+        for name, *rest in addresses
     )
 
 
@@ -911,7 +956,7 @@ def _envelope_bytes(envelope: Envelope) -> bytes:
     return b"(%s)" % b" ".join(
         (
             _nstring(envelope.date),
-            _nstring(envelope.subject),
+            _nstring(_for_humans(envelope.subject)),
             _address_list(envelope.from_),
             # RFC 3501 7.4.2: absent or empty Sender and Reply-To are From.
             _address_list(envelope.sender or envelope.from_),
@@ -963,7 +1008,7 @@ def _body(part: Part, extensible: bool, imap4rev2: bool, out: list[bytes]) -> No
     if main == "multipart":
         # body-type-mpart = 1*body SP media-subtype [SP body-ext-mpart]
         if not part.children:
-            out.append(_EMPTY_BODY)
+            out.append(_EMPTY_BODY_EXTENSIBLE if extensible else _EMPTY_BODY)
         for child in part.children:
             _body(child, extensible, imap4rev2, out)
         out += [b" ", _string(part.subtype)]
@@ -973,11 +1018,15 @@ def _body(part: Part, extensible: bool, imap4rev2: bool, out: list[bytes]) -> No
         return
     parameters = part.parameters
     if main == "text" and _parameter(parameters, "charset") is None:
-        parameters = (("charset", b"us-ascii"), *parameters)  # RFC 2046 4.1.2
+        parameters = (*parameters, ("charset", b"us-ascii"))  # RFC 2046 4.1.2
+    message = main == "message" and (sub == "rfc822" or (imap4rev2 and sub == "global"))
+    if message:
+        # Dovecot writes the type of an encapsulated message in its own
+        # spelling, whatever case the field had.
+        out.append(b'"message" "%s"' % sub.encode("ascii"))
+    else:
+        out += [_string(part.type), b" ", _string(part.subtype)]
     out += [
-        _string(part.type),
-        b" ",
-        _string(part.subtype),
         b" ",
         _parameter_list(parameters),
         b" ",
@@ -988,14 +1037,15 @@ def _body(part: Part, extensible: bool, imap4rev2: bool, out: list[bytes]) -> No
         _string(part.encoding or "7bit"),
         b" %d" % (part.body_end - part.body_start),
     ]
-    if main == "message" and (sub == "rfc822" or (imap4rev2 and sub == "global")):
+    if message:
         # body-type-msg: body-fields SP envelope SP body SP body-fld-lines
         if part.children:
             child = part.children[0]
             out += [b" ", _envelope_bytes(child.envelope or Envelope()), b" "]
             _body(child, extensible, imap4rev2, out)
         else:
-            out += [b" ", _EMPTY_ENVELOPE, b" ", _EMPTY_BODY]
+            empty = _EMPTY_BODY_EXTENSIBLE if extensible else _EMPTY_BODY
+            out += [b" ", _EMPTY_ENVELOPE, b" ", empty]
         out.append(b" %d" % part.lines)
     elif main == "text":
         out.append(b" %d" % part.lines)

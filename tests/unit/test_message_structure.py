@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from appliance.message.structure import (
     MISSING_DOMAIN,
+    MISSING_MAILBOX,
     RECORD_VERSION,
     Address,
     Part,
@@ -363,19 +364,19 @@ def test_attachments_keep_rfc2231_sections_joined_and_encoded():
     assert text.encoding == "quoted-printable"
     assert pdf.parameters == (("name", b"quarterly-report.pdf"),)
     assert pdf.disposition == "attachment"
+    # Plain parameters first, then the joined RFC 2231 ones, as Dovecot orders them.
     assert pdf.disposition_parameters == (
-        ("filename*", b"UTF-8''Quartalsbericht%20%E2%80%94%20Q3.pdf"),
         ("size", b"2048"),
+        ("filename*", b"UTF-8''Quartalsbericht%20%E2%80%94%20Q3.pdf"),
     )
     assert pdf.id == b"<report@example.test>"
     assert old.description == b"old style"
     rendered = bodystructure(structure, extensible=True)
     assert (
         b'("application" "pdf" ("name" "quarterly-report.pdf") "<report@example.test>" NIL'
-        b' "base64" %d NIL ("attachment" ("filename*"'
-        b' "UTF-8\'\'Quartalsbericht%%20%%E2%%80%%94%%20Q3.pdf" "size" "2048")) NIL NIL)'
+        b' "base64" %d NIL ("attachment" ("size" "2048" "filename*"'
+        b" \"UTF-8''Quartalsbericht%%20%%E2%%80%%94%%20Q3.pdf\")) NIL NIL)" % (len(PDF_BASE64) - 2)
         # The CRLF before the delimiter is the delimiter's, not the attachment's.
-        % (len(PDF_BASE64) - 2)
     ) in rendered
     assert rendered.endswith(b' "mixed" ("boundary" "----=_Part_0") NIL NIL NIL)')
 
@@ -528,7 +529,7 @@ def test_missing_header_fields_are_nil():
     assert envelope(analyze(b"\r\nbody\r\n")) == (b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)")
 
 
-def test_eight_bit_and_line_breaks_go_out_as_literals():
+def test_eight_bit_goes_out_as_literals_and_a_bare_cr_as_space():
     message = 'Subject: Grüße\nFrom: "Jörg" <jörg@bücher.example>\n\n'.encode()
     rendered = envelope(analyze(message))
 
@@ -536,7 +537,145 @@ def test_eight_bit_and_line_breaks_go_out_as_literals():
     assert parse_imap(rendered)[2] == [
         ["Jörg".encode(), None, "jörg".encode(), "bücher.example".encode()]
     ]
-    assert envelope(analyze(b"Subject: bare\rCR\r\n\r\n")).startswith(b"(NIL {7}\r\nbare\rCR ")
+    # A CR that ends no line is white space, as Dovecot reads it.
+    assert envelope(analyze(b"Subject: bare\rCR\r\n\r\n")).startswith(b'(NIL "bare CR" ')
+
+
+# Choices made as Dovecot makes them (each found by tests/interop)
+
+
+def test_encapsulated_message_type_is_written_in_lower_case():
+    message = crlf(
+        "Content-Type: multipart/mixed; boundary=b\n\n--b\n"
+        "Content-Type: Message/RFC822\n\nSubject: in\n\nbody\n--b--\n"
+    )
+
+    assert bodystructure(analyze(message), extensible=False).startswith(
+        b'(("message" "rfc822" NIL NIL NIL "7bit" '
+    )
+
+
+def test_placeholder_in_an_empty_multipart_has_empty_extension_data():
+    message = crlf("Content-Type: multipart/mixed; boundary=gone\n\nno parts\n")
+    structure = analyze(message)
+
+    assert bodystructure(structure, extensible=True) == (
+        b'(("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0 NIL NIL NIL NIL)'
+        b' "mixed" ("boundary" "gone") NIL NIL NIL)'
+    )
+    assert bodystructure(structure, extensible=False) == (
+        b'(("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0) "mixed")'
+    )
+
+
+def test_default_charset_follows_the_other_parameters():
+    structure = analyze(crlf("Content-Type: text/plain; format=flowed\n\nbody\n"))
+
+    assert bodystructure(structure, extensible=False) == (
+        b'("text" "plain" ("format" "flowed" "charset" "us-ascii") NIL NIL "7bit" 6 1)'
+    )
+
+
+def test_joined_rfc2231_parameters_follow_the_plain_ones_by_name():
+    structure = analyze(
+        crlf(
+            "Content-Type: application/x; z*0=one; z*1*=%20two; b*=us-ascii''b; a=1;\n"
+            " y*1=late; y*0=early\n\nx\n"
+        )
+    )
+
+    assert structure.root.parameters == (
+        ("a", b"1"),
+        ("b*", b"us-ascii''b"),
+        ("y", b"earlylate"),
+        ("z*", b"''one%20two"),
+    )
+
+
+def test_rfc2231_sections_with_a_number_missing_or_repeated_are_not_joined():
+    structure = analyze(
+        crlf("Content-Type: application/x; g*0=a; g*2=c; d*0*=x; d*=y; e*0=1; e*1=2\n\nx\n")
+    )
+
+    assert structure.root.parameters == (
+        ("d*0*", b"x"),
+        ("d*0*", b"y"),
+        ("e", b"12"),
+        ("g*0", b"a"),
+        ("g*2", b"c"),
+    )
+
+
+def test_envelope_strings_keep_trailing_space_and_continuation_indent():
+    message = (
+        b"Date:   Tue, 03 Nov 2026   \r\nMessage-ID:\r\n <folded@example.test>\r\n"
+        b"In-Reply-To: <a@example.test>\r\n  <b@example.test>  \r\n\r\n"
+    )
+    parsed = parse_imap(envelope(analyze(message)))
+
+    assert parsed[0] == b"Tue, 03 Nov 2026   "
+    assert parsed[8] == b"<a@example.test>  <b@example.test>  "
+    assert parsed[9] == b" <folded@example.test>"
+
+
+def test_subject_and_display_names_have_each_run_of_white_space_as_one_space():
+    message = (
+        b'Subject: a \t\r\n\t \tb   c  \r\nFrom: "  Dave,   the  third " <d@example.test>\r\n'
+        b"To: e@example.test (  spaced   comment  )\r\n\r\n"
+    )
+    parsed = parse_imap(envelope(analyze(message)))
+
+    assert parsed[1] == b"a b c"
+    assert parsed[2] == [[b"Dave, the third", None, b"d", b"example.test"]]
+    assert parsed[5] == [[b"spaced comment", None, b"e", b"example.test"]]
+
+
+def test_comment_name_is_the_last_comment_in_or_after_a_bare_address():
+    env = analyze(
+        b"From: e@x (a) (b), f@x (c)(d) (), (before) g@x, h(inside)@x, (c2) <i@x>, <j@x> (c3)"
+        b"\r\n\r\n"
+    ).root.envelope
+
+    assert [address.name for address in env.from_] == [b"b", None, None, b"inside", None, None]
+
+
+def test_empty_angle_address_lacks_mailbox_and_domain():
+    env = analyze(b"To: <>, a@b\r\nCc: Name <>\r\n\r\n").root.envelope
+
+    assert env.to == (
+        Address(None, None, MISSING_MAILBOX, MISSING_DOMAIN),
+        Address(None, None, b"a", b"b"),
+    )
+    assert env.cc == (Address(b"Name", None, MISSING_MAILBOX, MISSING_DOMAIN),)
+
+
+def test_containers_on_the_last_level_are_opaque_octet_streams():
+    message = crlf(
+        "Content-Type: multipart/mixed; boundary=one\n\n--one\n"
+        "Content-Type: multipart/mixed; boundary=two\n\n--two\n"
+        "Content-Type: multipart/mixed; boundary=three\n\n--three\n\ndeep\n--three--\n"
+        "--two\nContent-Type: message/rfc822\n\nSubject: s\n\ninner\n--two--\n--one--\n"
+    )
+    structure = analyze(message, StructureLimits(max_depth=3))
+
+    # Levels: the message, the multipart "one", the parts of "two".
+    deepest, message_part = structure.root.children[0].children
+    assert (deepest.type, deepest.subtype) == ("application", "octet-stream")
+    assert deepest.parameters == (("boundary", b"three"),)
+    assert deepest.children == ()
+    assert (message_part.type, message_part.subtype) == ("application", "octet-stream")
+
+    def limited(part: tuple[int, ...]) -> bytes:
+        return join(message, section_ranges(structure, message, part))
+
+    assert limited((1, 1)) == crlf("--three\n\ndeep\n--three--")
+    assert limited((1, 2)) == crlf("Subject: s\n\ninner")
+    assert limited((1, 1, 1)) == b""
+    assert limited((1, 2, 1)) == b""
+    assert bodystructure(structure, extensible=False) == (
+        b'((("application" "octet-stream" ("boundary" "three") NIL NIL "7bit" 26)'
+        b'("application" "octet-stream" NIL NIL NIL "7bit" 19) "mixed") "mixed")'
+    )
 
 
 # Broken mail
@@ -699,7 +838,11 @@ def test_thousand_nested_multiparts_stop_at_the_depth_limit():
     levels, part = 0, structure.root
     while part.children:
         part, levels = part.children[0], levels + 1
-    assert levels == StructureLimits().max_depth
+    # The message is the first level; the multipart on the last one is not
+    # opened but is the opaque octets it has become, as Dovecot shows it.
+    assert levels == StructureLimits().max_depth - 1
+    assert (part.type, part.subtype) == ("application", "octet-stream")
+    assert part.parameters == (("boundary", b"=_99_="),)
     assert parse_imap(bodystructure(structure, extensible=True))
     assert section(message, (1,) * levels).endswith(b"innermost\r\n")
 
@@ -711,7 +854,8 @@ def test_thousand_nested_messages_stop_at_the_depth_limit():
     levels, part = 0, structure.root
     while part.children:
         part, levels = part.children[0], levels + 1
-    assert levels == StructureLimits().max_depth
+    assert levels == StructureLimits().max_depth - 1
+    assert (part.type, part.subtype) == ("application", "octet-stream")
     assert parse_imap(bodystructure(structure, extensible=False))
     assert parse_imap(envelope(structure))[1] == b"s"
     assert (
