@@ -190,12 +190,12 @@ class SmtpSession(Session):
         except Exception:
             log.exception("smtp store failed id=%s", queue_id)
             stored = None
-        if stored is None or (not stored.entries and stored.queued is None):
+        if stored is None or not (stored.entries or stored.queued):
             reply = Reply(451, "4.3.0", "Error: local delivery failed, try again later")
         else:
             reply = Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
         delivered = len(stored.entries) if stored else 0
-        forwarded = len(stored.queued.recipients) if stored and stored.queued else 0
+        forwarded = sum(len(q.recipients) for q in stored.queued) if stored else 0
         self._log_transaction(conn, len(body), reply, queue_id, delivered, forwarded)
         return reply
 

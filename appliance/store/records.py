@@ -92,16 +92,17 @@ class FlagUpdate:
 
 @dataclass(frozen=True, slots=True)
 class QueuedMessage:
-    """A message waiting to leave the box (forwarding to an external alias target)."""
+    """A message waiting to leave the box for the recipients of one domain."""
 
     id: int
     blob_id: int
-    head: bytes
-    sender: str
-    recipients: tuple[str, ...]
+    head: bytes  # trace fields put in front of the body when it is sent
+    sender: str  # "" for the null reverse-path (bounces)
+    recipients: tuple[str, ...]  # those not yet delivered nor bounced
     created: float
     attempts: int
     next_attempt: float
+    last_error: str = ""  # what the last attempt was told, for `queue list` and bounces
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,5 +111,5 @@ class Delivery:
 
     blob_id: int
     entries: tuple[MessageEntry, ...]
-    queued: QueuedMessage | None
+    queued: tuple[QueuedMessage, ...]  # one entry per destination domain
     missing: tuple[str, ...]  # accounts that vanished between RCPT and commit

@@ -632,8 +632,8 @@ class Transaction:
                 continue
             entries.append(self.append(inbox, blob_id, head, len(head) + len(body), (), date))
         forward = tuple(forward)
-        queued = self._enqueue(blob_id, forward_head, sender, forward, date) if forward else None
-        refs = len(entries) + (1 if queued else 0)
+        queued = self._enqueue(blob_id, forward_head, sender, forward, date) if forward else ()
+        refs = len(entries) + len(queued)
         if refs:
             self._put_blob(blob_id, body, refs, info)
         return Delivery(blob_id, tuple(entries), queued, tuple(missing))
@@ -642,37 +642,97 @@ class Transaction:
 
     def _enqueue(
         self, blob_id: int, head: bytes, sender: str, recipients: tuple[str, ...], now: float
-    ) -> QueuedMessage:
-        item = QueuedMessage(self.next_id("queue"), blob_id, head, sender, recipients, now, 0, now)
+    ) -> tuple[QueuedMessage, ...]:
+        """One entry per destination domain: each is one SMTP transaction with
+        that domain's MX, and is retried and bounced on its own."""
+        by_domain: dict[str, list[str]] = {}
+        for recipient in recipients:
+            by_domain.setdefault(recipient.rpartition("@")[2].lower(), []).append(recipient)
+        items = []
+        for group in by_domain.values():
+            item = QueuedMessage(
+                self.next_id("queue"), blob_id, head, sender, tuple(group), now, 0, now, ""
+            )
+            self._put_queued(item)
+            items.append(item)
+        return tuple(items)
+
+    def _put_queued(self, item: QueuedMessage) -> None:
         self._put(
             "queue",
             _U64.pack(item.id),
             {
-                "blob": blob_id,
-                "head": head,
-                "sender": sender,
-                "recipients": list(recipients),
-                "created": now,
-                "attempts": 0,
-                "next": now,
+                "blob": item.blob_id,
+                "head": item.head,
+                "sender": item.sender,
+                "recipients": list(item.recipients),
+                "created": item.created,
+                "attempts": item.attempts,
+                "next": item.next_attempt,
+                "error": item.last_error,
             },
         )
-        return item
+
+    @staticmethod
+    def _queued_from(key: bytes, record: dict) -> QueuedMessage:
+        return QueuedMessage(
+            _U64.unpack(key)[0],
+            record["blob"],
+            record["head"],
+            record["sender"],
+            tuple(record["recipients"]),
+            record["created"],
+            record["attempts"],
+            record["next"],
+            record.get("error", ""),
+        )
 
     def queued(self) -> list[QueuedMessage]:
-        out = []
-        for key, value in self._scan("queue"):
-            r = _unpack(value)
-            out.append(
-                QueuedMessage(
-                    _U64.unpack(key)[0],
-                    r["blob"],
-                    r["head"],
-                    r["sender"],
-                    tuple(r["recipients"]),
-                    r["created"],
-                    r["attempts"],
-                    r["next"],
-                )
-            )
-        return out
+        """Every entry of the outbound queue, oldest first."""
+        return [self._queued_from(key, _unpack(value)) for key, value in self._scan("queue")]
+
+    def queued_message(self, queue_id: int) -> QueuedMessage | None:
+        key = _U64.pack(queue_id)
+        record = self._get("queue", key)
+        return None if record is None else self._queued_from(key, record)
+
+    def queue_attempted(
+        self, queue_id: int, finished: Iterable[str], error: str, next_attempt: float
+    ) -> QueuedMessage | None:
+        """Record an attempt: the recipients `finished` with (delivered, or
+        bounced) leave the entry; the rest wait for next_attempt. None when
+        nothing is left, and the entry is gone with its share of the body."""
+        item = self.queued_message(queue_id)
+        if item is None:
+            return None
+        done = set(finished)
+        left = tuple(r for r in item.recipients if r not in done)
+        if not left:
+            self.queue_remove(queue_id)
+            return None
+        item = dataclasses.replace(
+            item,
+            recipients=left,
+            attempts=item.attempts + 1,
+            next_attempt=next_attempt,
+            last_error=error,
+        )
+        self._put_queued(item)
+        return item
+
+    def queue_retry(self, queue_id: int | None, now: float) -> int:
+        """Make an entry (None: every entry) due now; how many were."""
+        items = [self.queued_message(queue_id)] if queue_id is not None else self.queued()
+        for item in items:
+            if item is None:
+                raise NotFound(f"no queued message {queue_id}")
+            self._put_queued(dataclasses.replace(item, next_attempt=now))
+        return len(items)
+
+    def queue_remove(self, queue_id: int) -> QueuedMessage:
+        item = self.queued_message(queue_id)
+        if item is None:
+            raise NotFound(f"no queued message {queue_id}")
+        self._delete("queue", _U64.pack(queue_id))
+        self._release_blob(item.blob_id)
+        return item

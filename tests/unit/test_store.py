@@ -95,9 +95,29 @@ def test_forward_targets_are_queued_with_a_reference_on_the_body(store):
     delivery = store.apply(
         lambda txn: txn.deliver(b"b\r\n", [("a@example.org", b"")], "s@x.test", ["o@else.test"])
     )
-    assert delivery.queued.recipients == ("o@else.test",)
+    assert [q.recipients for q in delivery.queued] == [("o@else.test",)]
     assert store.read(lambda txn: txn.blob_refs(delivery.blob_id)) == 2
     assert [q.sender for q in store.read(lambda txn: txn.queued())] == ["s@x.test"]
+
+
+def test_the_queue_holds_one_entry_per_domain_until_each_recipient_is_done(store):
+    add_users(store, "a@example.org")
+    targets = ["x@one.test", "y@two.test", "z@ONE.test"]
+    delivery = store.apply(lambda txn: txn.deliver(b"b\r\n", [], "a@example.org", targets))
+    one, two = delivery.queued
+    assert (one.recipients, two.recipients) == (("x@one.test", "z@ONE.test"), ("y@two.test",))
+    assert store.read(lambda txn: txn.blob_refs(delivery.blob_id)) == 2
+    later = store.apply(lambda txn: txn.queue_attempted(one.id, ["x@one.test"], "451 busy", 99.0))
+    assert (later.recipients, later.attempts, later.next_attempt) == (("z@ONE.test",), 1, 99.0)
+    assert later.last_error == "451 busy"
+    assert store.apply(lambda txn: txn.queue_retry(None, 5.0)) == 2
+    assert all(q.next_attempt == 5.0 for q in store.read(lambda txn: txn.queued()))
+    assert store.apply(lambda txn: txn.queue_attempted(one.id, ["z@ONE.test"], "", 0)) is None
+    store.apply(lambda txn: txn.queue_remove(two.id))
+    assert store.read(lambda txn: txn.queued()) == []
+    assert store.check()["blobs"] == 0  # the last reference went with the last entry
+    with pytest.raises(NotFound):
+        store.apply(lambda txn: txn.queue_remove(two.id))
 
 
 def test_refusals_change_nothing(store):
