@@ -44,6 +44,7 @@ class BodyStream:
     head: bytes
     ranges: Ranges  # message offsets
     size: int
+    binary: bool = False  # a literal8 (RFC 3516), which may hold NUL
 
     def pieces(self, chunk: int) -> Iterable[tuple[bool, int, int]]:
         """(from the head?, start, end) spans of at most `chunk` octets, in order."""
@@ -157,3 +158,10 @@ def _merged(ranges: Ranges) -> Ranges:
 
 def ranges_size(ranges: Ranges) -> int:
     return sum(end - start for start, end in ranges)
+
+
+def without_nul(data: bytes) -> bytes:
+    """Octets fit for a literal: RFC 9051 4.3 allows any octet but NUL there
+    (only literal8, for BINARY, may carry it), so a stored NUL is sent as
+    0x80, as Dovecot does. The size does not change."""
+    return data.replace(b"\0", b"\x80") if b"\0" in data else data

@@ -28,7 +28,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
 from appliance.config import ImapSettings
-from appliance.imap.fetch import BodyStream, StoredMessage, ranges_size
+from appliance.imap.fetch import BodyStream, StoredMessage, ranges_size, without_nul
+from appliance.imap.names import DELIMITER, mailbox_name_error
 from appliance.imap.parser import (
     Command,
     FetchAttr,
@@ -76,7 +77,6 @@ log = logging.getLogger(__name__)
 # Messages read in one transaction by FETCH (fewer when their bodies are big).
 _FETCH_BATCH = 256
 
-DELIMITER = "/"
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 # Changes made in this process reach an IDLE session at once (MailboxWatch);
 # this long after the last look, the mailbox is read again anyway, for writes
@@ -188,6 +188,8 @@ class ImapSession(Session):
                     body = txn.blob(stream.blob_id)
                     # Copied while the pages are held: the transport may keep it.
                     data = None if body is None else bytes(body[start:end])
+            if data is not None and not stream.binary:
+                data = without_nul(data)
             if data is None:
                 # Expunged and its pages freed mid-literal: the octets promised
                 # cannot be sent, and nothing else may stand in for them.
@@ -515,6 +517,10 @@ class ImapSession(Session):
 
     async def _create(self, conn: ServerConnection, command: Command):
         name = _canonical(command.args.mailbox)
+        _check_new_name(name)
+        # RFC 9051 6.3.4: a trailing delimiter declares the intent to create
+        # children under the name; the mailbox made is the name without it.
+        name = _canonical(name.removesuffix(DELIMITER))
         special = command.args.special_use
         if len(special) > 1:
             raise Failure("One special use per mailbox", "USEATTR")
@@ -562,6 +568,8 @@ class ImapSession(Session):
     async def _rename(self, conn: ServerConnection, command: Command):
         old = _canonical(command.args.mailbox)
         new = _canonical(command.args.new_name)
+        _check_new_name(new)
+        new = _canonical(new.removesuffix(DELIMITER))
         if new == "INBOX":
             raise Failure("INBOX exists always", "ALREADYEXISTS")
         self._mailbox(old)
@@ -890,11 +898,13 @@ class ImapSession(Session):
         streamed from the store when it is longer than one read chunk."""
         size = ranges_size(ranges)
         if size > self._context.settings.read_chunk:
-            data = BodyStream(entry.blob_id, message.head, ranges, size)
+            data = BodyStream(entry.blob_id, message.head, ranges, size, binary)
         else:
             data = message.octets(ranges)
-        if binary and isinstance(data, bytes):
-            binary = b"\0" in data
+            if binary:
+                binary = b"\0" in data
+            else:
+                data = without_nul(data)
         return [literal_header(size, binary), data]
 
     def _body_item(
@@ -1147,6 +1157,13 @@ class _Matcher:
         if isinstance(key, SearchText):
             return self.text_contains(key.value, key.body_only)
         return False
+
+
+def _check_new_name(name: str) -> None:
+    """A name a new mailbox may take (names.py), else NO [CANNOT] (RFC 5530)."""
+    error = mailbox_name_error(name, DELIMITER)
+    if error is not None:
+        raise Failure(error, "CANNOT")
 
 
 def _entries_of(txn, mailbox_id: int, batch: list[tuple[int, int]]) -> dict[int, MessageEntry]:

@@ -356,3 +356,23 @@ def test_mailbox_names_are_modified_utf7_until_utf8_is_enabled(appliance):
     assert b'* LIST (\\HasNoChildren) "/" &AOk-t&AOk-' in listed
     client.close()
     utf8.close()
+
+
+# -- mailbox names ------------------------------------------------------------------
+
+
+def test_names_that_escape_or_confuse_the_hierarchy_are_refused(appliance):
+    client = Client(appliance)
+    assert client.login().startswith(b"l OK")
+    before = client.command(b"b", b'LIST "" "*"')
+    bad = [b'"a//b"', b'"/top"', b'"x/../y"', b'"."', b"&AAk-tab", b"&ICg-sep", b'"a%b"']
+    bad.append(b'"' + b"x" * 256 + b'"')
+    for number, name in enumerate(bad):
+        reply = client.command(b"c%d" % number, b"CREATE " + name)[-1]
+        assert reply.startswith(b"c%d NO [CANNOT] Mailbox name" % number), (name, reply)
+    assert client.command(b"r", b'RENAME Archive "ok//x"')[-1].startswith(b"r NO [CANNOT]")
+    assert client.command(b"d", b'LIST "" "*"')[:-1] == before[:-1]
+    assert client.command(b"p", b'CREATE "Projects/"')[-1].startswith(b"p OK")
+    listed = client.command(b"q", b'LIST "" "Projects*"')
+    assert listed[:-1] == [b'* LIST (\\HasNoChildren) "/" Projects']
+    client.close()

@@ -3,7 +3,7 @@ what the same FETCH gives over the message in one piece."""
 
 import pytest
 
-from appliance.imap.fetch import BodyStream, StoredMessage, load_structure
+from appliance.imap.fetch import BodyStream, StoredMessage, load_structure, without_nul
 from appliance.message.structure import analyze, binary_section, section_ranges
 
 HEAD = b"Return-Path: <a@example.org>\r\nReceived: from x.example by mx; Mon, 1 Jan 2024\r\n"
@@ -74,3 +74,9 @@ def test_a_missing_or_outdated_record_is_analyzed_again():
     assert load_structure(None, body) == analyze(body)
     assert load_structure([0, "old layout"], body) == analyze(body)
     assert load_structure(analyze(body).to_record(), b"ignored") == analyze(body)
+
+
+def test_literals_never_carry_nul_but_literal8_may():
+    assert without_nul(b"AB\0CD") == b"AB\x80CD"
+    same = b"no nul here"
+    assert without_nul(same) is same
