@@ -80,6 +80,9 @@ class Pop3Settings:
     limits: Pop3Limits = field(default_factory=Pop3Limits)
     # RFC 1939 3: an autologout timer of at least 10 minutes.
     idle_timeout: float = 600.0
+    # From connect to a successful login, however busy the client keeps the
+    # line: a client that never logs in does not hold a connection slot.
+    login_timeout: float = 120.0
     # Passwords travel only over TLS, but a connection that cannot leave the
     # machine (a loopback listener) may log in in clear text, as Dovecot's
     # disable_plaintext_auth allows for local connections.
@@ -96,6 +99,7 @@ class ImapSettings:
     limits: ImapLimits = field(default_factory=ImapLimits)
     # RFC 9051 5.4: an inactivity autologout timer of at least 30 minutes.
     idle_timeout: float = 1800.0
+    login_timeout: float = 120.0  # as for POP3
     # A literal longer than this is read from the store and written in pieces
     # of this size, each in a short read transaction (as POP3's read_chunk).
     read_chunk: int = 256 * 1024

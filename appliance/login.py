@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -38,26 +39,41 @@ class LoginGuard:
         self._store = store
         self.settings = settings
         self._failures: dict[str, tuple[int, float]] = {}  # client -> (count, last)
+        self._in_flight: Counter[str] = Counter()  # client -> attempts being checked
         self._pool = ThreadPoolExecutor(settings.hash_workers, thread_name_prefix="login")
         # Checked against when the user does not exist, so that the answer
         # takes as long as for a wrong password (no account enumeration).
         self._decoy = hash_password("decoy password that matches nothing")
 
-    def delay_for(self, client: str, now: float | None = None) -> float:
+    def delay_for(self, client: str, now: float | None = None, ahead: int = 0) -> float:
+        """How long the client's next attempt waits: by its recent failures,
+        and by the `ahead` attempts of its still being checked, counted as
+        failures, so that guesses sent at once queue up instead of all
+        going through undelayed."""
         now = time.monotonic() if now is None else now
         count, last = self._failures.get(client, (0, 0.0))
-        if count == 0 or now - last > self.settings.failure_window:
+        if now - last > self.settings.failure_window:
+            count = 0
+        count += ahead
+        if count == 0:
             return 0.0
         delay = self.settings.failure_delay * 2 ** (count - 1)
         return min(delay, self.settings.max_failure_delay)
 
     async def authenticate(self, client: str, username: str, password: str) -> Account | None:
         """The account when username and password match, else None (after a delay)."""
-        delay = self.delay_for(client)
-        if delay:
-            await asyncio.sleep(delay)
-        loop = asyncio.get_running_loop()
-        account = await loop.run_in_executor(self._pool, self._check, username, password)
+        ahead = self._in_flight[client]
+        self._in_flight[client] += 1
+        try:
+            delay = self.delay_for(client, ahead=ahead)
+            if delay:
+                await asyncio.sleep(delay)
+            loop = asyncio.get_running_loop()
+            account = await loop.run_in_executor(self._pool, self._check, username, password)
+        finally:
+            self._in_flight[client] -= 1
+            if not self._in_flight[client]:
+                del self._in_flight[client]
         if account is None:
             self._record_failure(client)
         else:

@@ -110,6 +110,7 @@ class Session(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        self.connected_at = time.monotonic()
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else "unknown"
         self.listener.sessions.add(self)
@@ -204,6 +205,15 @@ class Session(asyncio.Protocol):
             self.listener.sessions.discard(self)
             if self.transport is not None:
                 self.transport.close()
+
+    def input_deadline(self, last_activity: float, logged_in: bool) -> float:
+        """When waiting for the client's next bytes ends: its idle timeout, and
+        before login also the login timeout counted from connect."""
+        settings = self._context.settings
+        deadline = last_activity + settings.idle_timeout
+        if not logged_in:
+            deadline = min(deadline, self.connected_at + settings.login_timeout)
+        return deadline
 
     async def wait_input(self, deadline: float) -> bool:
         """Wait for input, EOF or a stop; False when the deadline passed first."""

@@ -58,6 +58,7 @@ from appliance.imap.protocol import (
     Login,
     ServerConnection,
     StartTLS,
+    State,
 )
 from appliance.login import LoginGuard
 from appliance.message import structure, text
@@ -216,14 +217,14 @@ class ImapSession(Session):
             self._watch(False)  # a client gone in the middle of IDLE
 
     async def _serve_commands(self, conn: ServerConnection) -> None:
-        settings = self._context.settings
         last_activity = time.monotonic()
         while not conn.closed:
             if self.stopping and not self.busy:
                 conn.shutdown()
                 break
             if not self.has_input:
-                deadline = last_activity + settings.idle_timeout
+                logged_in = conn.state is not State.NOT_AUTHENTICATED
+                deadline = self.input_deadline(last_activity, logged_in)
                 poll = self._idling and self._selected is not None
                 wait_until = min(deadline, time.monotonic() + IDLE_RECHECK) if poll else deadline
                 if await self.wait_input(wait_until):

@@ -23,6 +23,7 @@ from appliance.pop3.protocol import (
     Retrieve,
     ServerConnection,
     StartTLS,
+    State,
     Update,
 )
 from appliance.sessions import Listener, Session
@@ -72,7 +73,6 @@ class Pop3Session(Session):
                 self._context.locked.discard(self._account_id)
 
     async def _serve(self, conn: ServerConnection) -> None:
-        settings = self._context.settings
         await self.write(conn.data_to_send())
         last_activity = time.monotonic()
         while not conn.closed:
@@ -80,7 +80,8 @@ class Pop3Session(Session):
                 conn.shutdown()
                 break
             if not self.has_input:
-                if not await self.wait_input(last_activity + settings.idle_timeout):
+                logged_in = conn.state is not State.AUTHORIZATION
+                if not await self.wait_input(self.input_deadline(last_activity, logged_in)):
                     log.info("pop3 timeout client=%s", self.client)
                     conn.timeout()
                     break

@@ -328,6 +328,27 @@ def test_idle_without_done_ends_with_bye_after_idle_timeout(make_appliance):
     assert "imap timeout client=127.0.0.1" in app.log()
 
 
+def test_a_client_trickling_bytes_without_logging_in_is_let_go(make_appliance):
+    app = make_appliance(imap={"idle_timeout": 60.0, "login_timeout": 2.0})
+    app.start()
+    client = Client(app)
+    client.sock.settimeout(0.5)
+    started, received = time.monotonic(), b""
+    while time.monotonic() - started < 15:
+        try:
+            client.send(b"x")  # never a whole line, and never idle for long
+            chunk = client.sock.recv(4096)
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            break
+        if not chunk:
+            break
+        received += chunk
+    assert received.startswith(b"* BYE") and time.monotonic() - started < 10
+    client.close()
+
+
 # -- mailbox names on the wire (RFC 3501 5.1.3, RFC 6855 3) -----------------------------
 
 

@@ -58,3 +58,23 @@ def test_tracked_clients_are_bounded(guard):
         login(guard, f"192.0.2.{n}", "ann@example.org", "wrong")
     assert guard.tracked_clients == 3
     assert guard.delay_for("192.0.2.9") > 0
+
+
+def test_guesses_sent_at_once_wait_their_turn(guard, monkeypatch):
+    waits = []
+    real_sleep = asyncio.sleep
+
+    async def recorded_sleep(delay):
+        waits.append(delay)
+        await real_sleep(0)
+
+    monkeypatch.setattr(asyncio, "sleep", recorded_sleep)
+
+    async def guess_four_at_once():
+        tries = [guard.authenticate("192.0.2.7", "ann@example.org", f"guess {n}") for n in range(4)]
+        return await asyncio.gather(*tries)
+
+    assert asyncio.run(guess_four_at_once()) == [None] * 4
+    # The first goes at once; each one behind it counts as a failure ahead.
+    assert waits == [0.05, 0.1, 0.2]
+    assert guard.delay_for("192.0.2.7") == 0.2
