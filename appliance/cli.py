@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+import time
 from collections.abc import Callable
 
 from appliance import __version__, config
@@ -63,6 +64,22 @@ def _parser() -> argparse.ArgumentParser:
     p = dkim.add_parser("rotate", help="make new keys; the old ones keep verifying for a while")
     p.add_argument("domain")
     p.set_defaults(run=_dkim_rotate)
+
+    queue = commands.add_parser("queue", help="the outbound queue").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    queue.add_parser("list", help="what waits to leave, and why").set_defaults(run=_queue_list)
+    for action, run, doc in (
+        ("show", _queue_show, "one entry and the header of its message"),
+        ("delete", _queue_delete, "drop an entry without telling its sender"),
+        ("bounce", _queue_bounce, "give up on an entry now: its sender gets a bounce"),
+    ):
+        p = queue.add_parser(action, help=doc)
+        p.add_argument("id", type=int)
+        p.set_defaults(run=run)
+    p = queue.add_parser("retry", help="try an entry (or every entry) again at once")
+    p.add_argument("id", type=int, nargs="?")
+    p.set_defaults(run=_queue_retry)
 
     user = commands.add_parser("user", help="manage accounts").add_subparsers(
         dest="action", required=True, parser_class=_Parser
@@ -236,6 +253,76 @@ def _alias_remove(args) -> int:
     targets = [normalize_address(t) for t in args.targets]
     _store_apply(args, lambda txn: txn.remove_alias(source, targets))
     print(f"removed alias {source}" + (f" targets {', '.join(targets)}" if targets else ""))
+    return 0
+
+
+def _queue_list(args) -> int:
+    now = time.time()
+    for item in _store_apply(args, Transaction.queued):
+        wait = max(0, round(item.next_attempt - now))
+        age = round(now - item.created)
+        print(
+            f"{item.id} age={age}s attempts={item.attempts} next-in={wait}s "
+            f"from=<{item.sender}> to={','.join(item.recipients)}"
+        )
+        if item.last_error:
+            print(f"    last error: {item.last_error}")
+    return 0
+
+
+def _queued(txn: Transaction, queue_id: int):
+    item = txn.queued_message(queue_id)
+    if item is None:
+        raise UsageError(f"no queued message {queue_id}")
+    return item
+
+
+def _queue_show(args) -> int:
+    def read(txn):
+        item = _queued(txn, args.id)
+        body = bytes(txn.blob(item.blob_id) or b"")
+        return item, body
+
+    item, body = _store_apply(args, read)
+    print(f"id: {item.id}\nfrom: <{item.sender}>\nto: {', '.join(item.recipients)}")
+    print(f"attempts: {item.attempts}\nlast error: {item.last_error or '-'}\n")
+    header = (bytes(item.head) + body).split(b"\r\n\r\n", 1)[0]
+    print(header.decode("utf-8", "replace").replace("\r\n", "\n"))
+    return 0
+
+
+def _queue_retry(args) -> int:
+    count = _store_apply(args, lambda txn: txn.queue_retry(args.id, time.time()))
+    print(f"{count} queued message(s) due now")
+    return 0
+
+
+def _queue_delete(args) -> int:
+    item = _store_apply(args, lambda txn: txn.queue_remove(args.id))
+    print(f"deleted queued message {item.id} to {', '.join(item.recipients)}")
+    return 0
+
+
+def _queue_bounce(args) -> int:
+    from appliance.delivery.bounce import give_up
+    from appliance.delivery.dsn import RecipientFailure
+
+    data_dir = config.data_dir_from(args.data)
+    hostname = config.load(data_dir).hostname
+
+    def bounce(txn):
+        item = _queued(txn, args.id)
+        failures = [
+            RecipientFailure(
+                r, "failed", "5.0.0", diagnostic_code="x-local; bounced by the postmaster"
+            )
+            for r in item.recipients
+        ]
+        give_up(txn, item, failures, hostname, time.time())
+        return item
+
+    item = _store_apply(args, bounce)
+    print(f"bounced queued message {item.id}; <{item.sender or ''}> is told")
     return 0
 
 

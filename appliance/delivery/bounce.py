@@ -1,0 +1,68 @@
+"""Giving up on recipients: the delivery status notification, filed in the
+same transaction that takes them off the queue, so that a crash can neither
+lose the bounce nor send it twice.
+
+The notification goes where mail to the sender would go: into a local
+account's INBOX (or through its aliases), or back onto the queue, from the
+null reverse-path (RFC 5321 6.1), for a sender elsewhere.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from appliance.delivery.dsn import RecipientFailure, make_bounce, return_address, should_bounce
+from appliance.delivery.local import Refused, resolve
+from appliance.message import structure
+from appliance.store import QueuedMessage, Transaction
+
+
+def give_up(
+    txn: Transaction,
+    item: QueuedMessage,
+    failures: Sequence[RecipientFailure],
+    reporting_mta: str,
+    now: float,
+    delimiter: str = "+",
+) -> QueuedMessage | None:
+    """Take the failed recipients off the queue entry and notify its sender
+    (never the null sender: a bounce is not bounced). The entry as it is
+    left, or None when no recipient is left in it."""
+    if failures and should_bounce(item.sender):
+        body = txn.blob(item.blob_id) or b""
+        notice = make_bounce(
+            bytes(item.head) + bytes(body),
+            reporting_mta,
+            item.sender,
+            failures,
+            arrival_date=datetime.fromtimestamp(item.created, UTC),
+            now=datetime.fromtimestamp(now, UTC),
+        )
+        _file_notice(txn, notice, return_address(item.sender), reporting_mta, now, delimiter)
+    finished = [failure.final_recipient for failure in failures]
+    last = failures[-1].diagnostic_code if failures else ""
+    return txn.queue_attempted(item.id, finished, last, item.next_attempt)
+
+
+def _file_notice(
+    txn: Transaction, notice: bytes, to: str, reporting_mta: str, now: float, delimiter: str
+) -> None:
+    date = email.utils.format_datetime(datetime.fromtimestamp(now, UTC))
+    received = f"Received: by {reporting_mta} (delivery status notification); {date}\r\n"
+    try:
+        route = resolve(txn, to, delimiter)
+        accounts, forwards = route.accounts, route.forwards
+    except Refused:
+        accounts, forwards = (), (to,)  # not one of ours: it leaves like any mail
+    head = f"Return-Path: <>\r\n{received}".encode()
+    info = structure.analyze(notice).to_record() if accounts else None
+    txn.deliver(
+        notice,
+        [(account, head) for account in accounts],
+        "",
+        forwards,
+        received.encode(),
+        info,
+    )
