@@ -8,6 +8,7 @@ box on the internet; the file only needs what differs.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import tomllib
@@ -109,6 +110,52 @@ class ImapSettings:
     max_connections_per_client: int = 20
 
 
+DNS_PORT = 53
+
+
+@dataclass(frozen=True, slots=True)
+class ResolverSettings:
+    """The [resolver] table of appliance.toml."""
+
+    # "host:port" of recursive resolvers, tried in order; "[::1]:53" for IPv6,
+    # a bare address means port 53. Empty: the nameservers of /etc/resolv.conf.
+    nameservers: tuple[str, ...] = ()
+    # One try at one nameserver. RFC 1123 6.1.3.3 asks for 2-5 seconds between
+    # retransmissions; a loopback resolver that is still recursing answers the
+    # retry from its cache.
+    query_timeout: float = 3.0
+    # One lookup, all tries and nameservers together. A message whose lookup
+    # takes longer is deferred and retried with the queue, not held up here.
+    lookup_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.nameservers, str):
+            raise ValueError("resolver.nameservers: expected a list of host:port")
+        object.__setattr__(self, "nameservers", tuple(self.nameservers))
+        for value in self.nameservers:
+            parse_nameserver(value)
+        if not (self.query_timeout > 0 and self.lookup_timeout > 0):
+            raise ValueError("resolver: query_timeout and lookup_timeout must be positive")
+
+
+def parse_nameserver(value: str) -> tuple[str, int]:
+    """'127.0.0.1:5300', '[::1]:53', '::1' or '192.0.2.53' as (address, port)."""
+    text = str(value).strip()
+    try:
+        return str(ipaddress.ip_address(text)), DNS_PORT  # bare IPv4 or IPv6
+    except ValueError:
+        pass
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        address = str(ipaddress.ip_address(host))
+    except ValueError:
+        address = ""
+    if not sep or not address or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"resolver.nameservers: expected an IP address:port, got {value!r}")
+    return address, int(port)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path
@@ -120,6 +167,7 @@ class Settings:
     imap: ImapSettings = field(default_factory=ImapSettings)
     login: LoginSettings = field(default_factory=LoginSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    resolver: ResolverSettings = field(default_factory=ResolverSettings)
     tls_certificate: Path | None = None  # None: a self-signed one under data_dir/tls
     tls_key: Path | None = None
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
@@ -144,7 +192,7 @@ def _section(cls, table: dict, name: str, **fixed):
         raise ConfigError(f"unknown setting {name}.{sorted(unknown)[0]}")
     try:
         return cls(**table, **fixed)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ConfigError(f"{name}: {error}") from None
 
 
@@ -168,6 +216,7 @@ def load(data_dir: Path, dev: bool = False) -> Settings:
     imap = _protocol_section(ImapSettings, ImapLimits, document, "imap")
     login = _section(LoginSettings, dict(document.pop("login", {})), "login")
     store = _section(StoreSettings, dict(document.pop("store", {})), "store")
+    resolver = _section(ResolverSettings, dict(document.pop("resolver", {})), "resolver")
     tls = dict(document.pop("tls", {}))
     if set(tls) - {"certificate", "key"}:
         raise ConfigError(f"unknown setting tls.{sorted(set(tls) - {'certificate', 'key'})[0]}")
@@ -193,6 +242,7 @@ def load(data_dir: Path, dev: bool = False) -> Settings:
         imap=imap,
         login=login,
         store=store,
+        resolver=resolver,
         tls_certificate=_data_path(data_dir, tls.pop("certificate", None)),
         tls_key=_data_path(data_dir, tls.pop("key", None)),
         shutdown_grace=shutdown_grace,

@@ -42,10 +42,11 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
+from appliance.config import DNS_PORT, ResolverSettings, parse_nameserver
+
 log = logging.getLogger(__name__)
 
 SYSTEM_RESOLV_CONF = Path("/etc/resolv.conf")
-DNS_PORT = 53
 # The EDNS buffer size of DNS Flag Day 2020: a UDP answer this big crosses any
 # path unfragmented; a bigger one comes truncated and is asked again over TCP.
 EDNS_PAYLOAD = 1232
@@ -53,49 +54,6 @@ EDNS_PAYLOAD = 1232
 # handful; hundreds would make one message cost hundreds of queries.
 MAX_MX_HOSTS = 10
 _UNREAD = object()  # resolv.conf not read yet
-
-
-@dataclass(frozen=True, slots=True)
-class ResolverSettings:
-    """The [resolver] table of appliance.toml."""
-
-    # "host:port" of recursive resolvers, tried in order; "[::1]:53" for IPv6,
-    # a bare address means port 53. Empty: the nameservers of /etc/resolv.conf.
-    nameservers: tuple[str, ...] = ()
-    # One try at one nameserver. RFC 1123 6.1.3.3 asks for 2-5 seconds between
-    # retransmissions; a loopback resolver that is still recursing answers the
-    # retry from its cache.
-    query_timeout: float = 3.0
-    # One lookup, all tries and nameservers together. A message whose lookup
-    # takes longer is deferred and retried with the queue, not held up here.
-    lookup_timeout: float = 10.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.nameservers, str):
-            raise ValueError("resolver.nameservers: expected a list of host:port")
-        object.__setattr__(self, "nameservers", tuple(self.nameservers))
-        for value in self.nameservers:
-            parse_nameserver(value)
-        if not (self.query_timeout > 0 and self.lookup_timeout > 0):
-            raise ValueError("resolver: query_timeout and lookup_timeout must be positive")
-
-
-def parse_nameserver(value: str) -> tuple[str, int]:
-    """'127.0.0.1:5300', '[::1]:53', '::1' or '192.0.2.53' as (address, port)."""
-    text = str(value).strip()
-    try:
-        return str(ipaddress.ip_address(text)), DNS_PORT  # bare IPv4 or IPv6
-    except ValueError:
-        pass
-    host, sep, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    try:
-        address = str(ipaddress.ip_address(host))
-    except ValueError:
-        address = ""
-    if not sep or not address or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"resolver.nameservers: expected an IP address:port, got {value!r}")
-    return address, int(port)
 
 
 class DnsError(Exception):

@@ -61,3 +61,13 @@ def test_host_port_forms():
     assert parse_host_port("0.0.0.0:25", "smtp") == ("0.0.0.0", 25)
     assert parse_host_port("[::]:25", "smtp") == ("::", 25)
     assert parse_host_port(":25", "smtp") == ("0.0.0.0", 25)
+
+
+def test_resolver_nameservers_are_read_and_checked(tmp_path):
+    (tmp_path / "appliance.toml").write_text(
+        '[resolver]\nnameservers = ["127.0.0.1:5300", "::1"]\n'
+    )
+    assert load(tmp_path).resolver.nameservers == ("127.0.0.1:5300", "::1")
+    (tmp_path / "appliance.toml").write_text('[resolver]\nnameservers = ["dns.example"]\n')
+    with pytest.raises(ConfigError, match="resolver"):
+        load(tmp_path)
