@@ -304,7 +304,7 @@ def _queue_delete(args) -> int:
 
 
 def _queue_bounce(args) -> int:
-    from appliance.delivery.bounce import give_up
+    from appliance.delivery.bounce import notify_sender
     from appliance.delivery.dsn import RecipientFailure
 
     data_dir = config.data_dir_from(args.data)
@@ -318,8 +318,8 @@ def _queue_bounce(args) -> int:
             )
             for r in item.recipients
         ]
-        give_up(txn, item, failures, hostname, time.time())
-        return item
+        notify_sender(txn, item, failures, hostname, time.time())
+        return txn.queue_remove(item.id)
 
     item = _store_apply(args, bounce)
     print(f"bounced queued message {item.id}; <{item.sender or ''}> is told")

@@ -157,6 +157,52 @@ def parse_nameserver(value: str) -> tuple[str, int]:
 
 
 @dataclass(frozen=True, slots=True)
+class QueueSettings:
+    """The [queue] table: how outbound mail is tried and given up on."""
+
+    # Seconds before the 1st, 2nd ... retry; the last repeats (hourly) until
+    # max_age. Short at first, for greylisting (RFC 6647 suggests 1-5 minutes).
+    retry_delays: tuple[float, ...] = (60, 300, 900, 1800, 3600)
+    # RFC 5321 4.5.4.1: give up after at least 4-5 days.
+    max_age: float = 5 * 24 * 3600
+    # Deliveries under way at once (each an SMTP connection out).
+    concurrency: int = 10
+    # The port of MX hosts (RFC 5321: 25); tests point it at their own peer.
+    mx_port: int = 25
+    # With nothing due, the queue is looked at again after this anyway (an
+    # entry the CLI retried from another process).
+    idle_recheck: float = 30.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "retry_delays", tuple(float(d) for d in self.retry_delays))
+        if not self.retry_delays or min(self.retry_delays) <= 0:
+            raise ValueError("queue.retry_delays: positive seconds, at least one")
+        if self.concurrency < 1 or self.max_age <= 0 or not 0 < self.mx_port < 65536:
+            raise ValueError("queue: concurrency, max_age and mx_port must be positive")
+
+    def delay_after(self, attempts: int) -> float:
+        """Seconds between the attempts-th try and the next."""
+        return self.retry_delays[min(attempts, len(self.retry_delays)) - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """The [relay] table: all outbound mail goes to this host instead of by MX."""
+
+    host: str
+    port: int = 587
+    tls: str = "starttls"  # "starttls" | "tls" | "none"
+    username: str = ""
+    password: str = ""
+
+    def __post_init__(self) -> None:
+        if self.tls not in ("starttls", "tls", "none"):
+            raise ValueError('relay.tls: "starttls", "tls" or "none"')
+        if not 0 < self.port < 65536 or not self.host:
+            raise ValueError("relay: a host and a port are needed")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path
     hostname: str
@@ -168,6 +214,8 @@ class Settings:
     login: LoginSettings = field(default_factory=LoginSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     resolver: ResolverSettings = field(default_factory=ResolverSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    relay: RelaySettings | None = None
     tls_certificate: Path | None = None  # None: a self-signed one under data_dir/tls
     tls_key: Path | None = None
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
@@ -217,6 +265,9 @@ def load(data_dir: Path, dev: bool = False) -> Settings:
     login = _section(LoginSettings, dict(document.pop("login", {})), "login")
     store = _section(StoreSettings, dict(document.pop("store", {})), "store")
     resolver = _section(ResolverSettings, dict(document.pop("resolver", {})), "resolver")
+    queue = _section(QueueSettings, dict(document.pop("queue", {})), "queue")
+    relay_table = document.pop("relay", None)
+    relay = None if relay_table is None else _section(RelaySettings, dict(relay_table), "relay")
     tls = dict(document.pop("tls", {}))
     if set(tls) - {"certificate", "key"}:
         raise ConfigError(f"unknown setting tls.{sorted(set(tls) - {'certificate', 'key'})[0]}")
@@ -243,6 +294,8 @@ def load(data_dir: Path, dev: bool = False) -> Settings:
         login=login,
         store=store,
         resolver=resolver,
+        queue=queue,
+        relay=relay,
         tls_certificate=_data_path(data_dir, tls.pop("certificate", None)),
         tls_key=_data_path(data_dir, tls.pop("key", None)),
         shutdown_grace=shutdown_grace,

@@ -19,31 +19,29 @@ from appliance.message import structure
 from appliance.store import QueuedMessage, Transaction
 
 
-def give_up(
+def notify_sender(
     txn: Transaction,
     item: QueuedMessage,
     failures: Sequence[RecipientFailure],
     reporting_mta: str,
     now: float,
     delimiter: str = "+",
-) -> QueuedMessage | None:
-    """Take the failed recipients off the queue entry and notify its sender
-    (never the null sender: a bounce is not bounced). The entry as it is
-    left, or None when no recipient is left in it."""
-    if failures and should_bounce(item.sender):
-        body = txn.blob(item.blob_id) or b""
-        notice = make_bounce(
-            bytes(item.head) + bytes(body),
-            reporting_mta,
-            item.sender,
-            failures,
-            arrival_date=datetime.fromtimestamp(item.created, UTC),
-            now=datetime.fromtimestamp(now, UTC),
-        )
-        _file_notice(txn, notice, return_address(item.sender), reporting_mta, now, delimiter)
-    finished = [failure.final_recipient for failure in failures]
-    last = failures[-1].diagnostic_code if failures else ""
-    return txn.queue_attempted(item.id, finished, last, item.next_attempt)
+) -> None:
+    """File the notification about the failed recipients of a queue entry
+    (never to the null sender: a bounce is not bounced). The caller takes
+    those recipients off the queue in the same transaction."""
+    if not failures or not should_bounce(item.sender):
+        return
+    body = txn.blob(item.blob_id) or b""
+    notice = make_bounce(
+        bytes(item.head) + bytes(body),
+        reporting_mta,
+        item.sender,
+        failures,
+        arrival_date=datetime.fromtimestamp(item.created, UTC),
+        now=datetime.fromtimestamp(now, UTC),
+    )
+    _file_notice(txn, notice, return_address(item.sender), reporting_mta, now, delimiter)
 
 
 def _file_notice(
