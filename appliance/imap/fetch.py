@@ -98,12 +98,12 @@ class StoredMessage:
         in_body = structure.section_ranges(self.structure, self.body, part, text, fields)
         shifted = self._shift(in_body)
         if self._is_top_header(part, text):
-            return _merged([(0, len(self.head))] + shifted)
+            return structure.merge_ranges((0, len(self.head)), *shifted)
         if not part and text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
             # The head's fields that match come before the body's.
             head_structure = structure.analyze(self.head)
             in_head = structure.section_ranges(head_structure, self.head, (), text, fields)
-            return _merged(in_head + shifted)
+            return structure.merge_ranges(*in_head, *shifted)
         return shifted
 
     def _is_top_header(self, part: tuple[int, ...], text: str | None) -> bool:
@@ -142,18 +142,6 @@ class StoredMessage:
     def _shift(self, ranges: Ranges) -> Ranges:
         split = len(self.head)
         return [(start + split, end + split) for start, end in ranges]
-
-
-def _merged(ranges: Ranges) -> Ranges:
-    out: Ranges = []
-    for start, end in ranges:
-        if start >= end:
-            continue
-        if out and out[-1][1] == start:
-            out[-1] = (out[-1][0], end)
-        else:
-            out.append((start, end))
-    return out
 
 
 def ranges_size(ranges: Ranges) -> int:

@@ -1060,7 +1060,7 @@ def _body(part: Part, extensible: bool, imap4rev2: bool, out: list[bytes]) -> No
 Ranges = list[tuple[int, int]]
 
 
-def _ranges(*spans: tuple[int, int]) -> Ranges:
+def merge_ranges(*spans: tuple[int, int]) -> Ranges:
     """Non-empty spans, adjacent ones merged."""
     merged: Ranges = []
     for start, end in spans:
@@ -1128,21 +1128,21 @@ def section_ranges(
     spec = (text or "").upper()
     if not spec:
         if not part:
-            return _ranges((root.header_start, root.body_end))
-        return _ranges((node.body_start, node.body_end))
+            return merge_ranges((root.header_start, root.body_end))
+        return merge_ranges((node.body_start, node.body_end))
     if spec == "MIME":
         if not part:
             raise ValueError("MIME needs a part number (RFC 3501 6.4.5)")
-        return _ranges((node.header_start, node.body_start))
+        return merge_ranges((node.header_start, node.body_start))
     if part:
         # HEADER and TEXT apply to the top message or an encapsulated one.
         if node.type.lower() == "multipart" or not node.children:
             return []
         node = node.children[0]
     if spec == "TEXT":
-        return _ranges((node.body_start, node.body_end))
+        return merge_ranges((node.body_start, node.body_end))
     if spec == "HEADER":
-        return _ranges((node.header_start, node.body_start))
+        return merge_ranges((node.header_start, node.body_start))
     if spec in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
         names = {
             (name.encode("ascii") if isinstance(name, str) else name).lower() for name in fields
@@ -1164,7 +1164,7 @@ def _header_fields(buf: memoryview, node: Part, names: set[bytes], wanted: bool)
             spans.append((match.start(), stop + 1 if stop < end and buf[stop] == _LF else stop))
     if blank is not None:
         spans.append((blank, node.body_start))
-    return _ranges(*spans)
+    return merge_ranges(*spans)
 
 
 def slice_ranges(ranges: Ranges, start: int, count: int | None = None) -> Ranges:
@@ -1199,11 +1199,11 @@ def binary_section(
     """
     root = structure.root
     if not part:
-        return _ranges((root.header_start, root.body_end))
+        return merge_ranges((root.header_start, root.body_end))
     node = _resolve(root, part)
     if node is None:
         return []
-    body = _ranges((node.body_start, node.body_end))
+    body = merge_ranges((node.body_start, node.body_end))
     # RFC 2045 6.4: multipart and message parts are never encoded themselves.
     if node.children or node.type.lower() == "multipart":
         return body

@@ -68,6 +68,8 @@ class SmtpSession(Session):
         self._esmtp = False
         self._smtputf8 = False
 
+    SUBMISSION = False  # the core's mode: inbound (25) here, RFC 6409 in the subclass
+
     def new_core(self) -> ServerConnection:
         ctx = self._context
         return ServerConnection(
@@ -75,6 +77,7 @@ class SmtpSession(Session):
             limits=ctx.settings.limits,
             tls_available=ctx.tls is not None,
             tls_active=self.tls_active,
+            submission=self.SUBMISSION,
         )
 
     async def serve(self, admitted: bool) -> None:

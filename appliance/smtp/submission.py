@@ -32,15 +32,7 @@ log = logging.getLogger(__name__)
 
 
 class SubmissionSession(SmtpSession):
-    def new_core(self) -> ServerConnection:
-        ctx = self._context
-        return ServerConnection(
-            hostname=ctx.hostname,
-            limits=ctx.settings.limits,
-            tls_available=ctx.tls is not None,
-            tls_active=self.tls_active,
-            submission=True,
-        )
+    SUBMISSION = True
 
     async def _answer(self, conn: ServerConnection, event, transaction: MailTransaction):
         if isinstance(event, Authenticate):
