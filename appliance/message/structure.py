@@ -223,7 +223,7 @@ _IDENTITY_ENCODINGS = frozenset({"7bit", "8bit", "binary"})
 # A field line and its continuation lines (RFC 5322 2.2, 2.2.3). `.` stops at
 # LF only, so a CR before it stays in the value and is removed by unfolding.
 # WSP before the colon is the obsolete syntax of RFC 5322 4.5.
-_FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:(.*(?:\n[ \t].*)*)", re.M)
+FIELD = re.compile(rb"^(?P<name>[!-9;-~]+)[ \t]*:(?P<value>.*(?:\n[ \t].*)*)", re.M)
 _LINE_END = re.compile(rb"\r?\n|\r\Z")
 _LEADING_SPACE = re.compile(rb"^[ \t]+")
 _BLANK_LINE = re.compile(rb"\n\r?\n")
@@ -498,7 +498,7 @@ class _Analyzer:
         """The first occurrence of each wanted field, unfolded."""
         fields: dict[bytes, bytes] = {}
         stop = min(end, start + self._limits.max_header_bytes)
-        for match in _FIELD.finditer(self._buf, start, stop):
+        for match in FIELD.finditer(self._buf, start, stop):
             name = match.group(1).lower()
             if name in wanted and name not in fields:
                 fields[name] = _unfold(match.group(2))
@@ -1158,7 +1158,7 @@ def _header_fields(buf: memoryview, node: Part, names: set[bytes], wanted: bool)
     blank = _blank_line_start(buf, node.header_start, node.body_start)
     end = node.body_start if blank is None else blank
     spans = []
-    for match in _FIELD.finditer(buf, node.header_start, end):
+    for match in FIELD.finditer(buf, node.header_start, end):
         if (match.group(1).lower() in names) == wanted:
             stop = match.end()
             spans.append((match.start(), stop + 1 if stop < end and buf[stop] == _LF else stop))

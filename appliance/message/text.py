@@ -83,7 +83,7 @@ import re
 import unicodedata
 from collections.abc import Iterator
 
-from appliance.message.structure import Part, Structure, StructureLimits
+from appliance.message.structure import FIELD, Part, Structure, StructureLimits
 
 # Octets of a body read at a time: large enough that a typical message is one
 # slice, small enough that a 50 MB attachment never sits decoded in memory.
@@ -97,9 +97,7 @@ _HEADER_CEILING = StructureLimits().max_header_bytes
 # garbage and is not worth a codec lookup.
 _MAX_LABEL = 64
 
-# A header field and its continuation lines (RFC 5322 2.2), the grammar that
-# analyze() uses; WSP before the colon is the obsolete syntax of 4.5.
-_FIELD = re.compile(rb"^[!-9;-~]+[ \t]*:(?P<value>.*(?:\n[ \t].*)*)", re.M)
+# A field name (RFC 5322 3.6.8); whole fields are read with analyze()'s FIELD.
 _FIELD_NAME = re.compile(r"[!-9;-~]+", re.ASCII)
 _FOLD = re.compile(rb"\r?\n")
 
@@ -316,7 +314,7 @@ def _field_values(buf: memoryview, part: Part, name: str) -> Iterator[bytes]:
             return
         pattern = _field_pattern(name.lower())
     else:
-        pattern = _FIELD
+        pattern = FIELD
     end = min(part.body_start, part.header_start + _HEADER_CEILING)
     for match in pattern.finditer(buf, part.header_start, end):
         yield match.group("value")
