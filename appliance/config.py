@@ -18,6 +18,7 @@ from pathlib import Path
 from appliance.imap.protocol import Limits as ImapLimits
 from appliance.login import LoginSettings
 from appliance.pop3.protocol import Limits as Pop3Limits
+from appliance.smtp.client import Timeouts as ClientTimeouts
 from appliance.smtp.protocol import Limits
 from appliance.store import StoreSettings
 
@@ -172,6 +173,10 @@ class QueueSettings:
     # With nothing due, the queue is looked at again after this anyway (an
     # entry the CLI retried from another process).
     idle_recheck: float = 30.0
+    # Seconds the SMTP client waits for each reply (RFC 5321 4.5.3.2), and
+    # for a connection; in [queue] as greeting = 300, rcpt = 300 and so on.
+    timeouts: ClientTimeouts = field(default_factory=ClientTimeouts)
+    connect_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retry_delays", tuple(float(d) for d in self.retry_delays))
@@ -244,12 +249,12 @@ def _section(cls, table: dict, name: str, **fixed):
         raise ConfigError(f"{name}: {error}") from None
 
 
-def _protocol_section(cls, limits_cls, document: dict, name: str):
+def _protocol_section(cls, limits_cls, document: dict, name: str, nested: str = "limits"):
     """A protocol's [name] table: its core's limits and its session's settings side by side."""
     table = dict(document.pop(name, {}))
     limit_names = {f.name for f in dataclasses.fields(limits_cls)}
     limits = _section(limits_cls, {k: table.pop(k) for k in list(table) if k in limit_names}, name)
-    return _section(cls, table, name, limits=limits)
+    return _section(cls, table, name, **{nested: limits})
 
 
 def load(data_dir: Path, dev: bool = False) -> Settings:
@@ -265,7 +270,7 @@ def load(data_dir: Path, dev: bool = False) -> Settings:
     login = _section(LoginSettings, dict(document.pop("login", {})), "login")
     store = _section(StoreSettings, dict(document.pop("store", {})), "store")
     resolver = _section(ResolverSettings, dict(document.pop("resolver", {})), "resolver")
-    queue = _section(QueueSettings, dict(document.pop("queue", {})), "queue")
+    queue = _protocol_section(QueueSettings, ClientTimeouts, document, "queue", "timeouts")
     relay_table = document.pop("relay", None)
     relay = None if relay_table is None else _section(RelaySettings, dict(relay_table), "relay")
     tls = dict(document.pop("tls", {}))

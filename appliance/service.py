@@ -22,6 +22,7 @@ import uvloop
 
 from appliance import config, tls
 from appliance.config import Settings
+from appliance.delivery.queue import make_queue_runner
 from appliance.imap.server import ImapContext, ImapSession
 from appliance.login import LoginGuard
 from appliance.pop3.server import Pop3Context, Pop3Session
@@ -84,6 +85,7 @@ class Service:
             tls=self.tls,
             logins=self.logins,
             data_dir=settings.data_dir,
+            queued=self.queue_runner.wake,
         )
         self._pop3_context = Pop3Context(
             hostname=settings.hostname,
@@ -117,12 +119,14 @@ class Service:
         self.store.on_change = self.mailbox_watch.changed
         self.store.start()
         self.logins = LoginGuard(self.store, self.settings.login)
+        self.queue_runner = make_queue_runner(self.settings, self.store)
         try:
             self._apply(self.settings)
             loop.add_signal_handler(signal.SIGTERM, self._stop.set)
             loop.add_signal_handler(signal.SIGINT, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, self._reload)
             await self._listen()
+            queue = loop.create_task(self.queue_runner.run(self._stop))
             data = self.settings.data_dir
             print(f"ready hostname={self.settings.hostname} data={data}", flush=True)
             if not self.store.read(Transaction.domains):
@@ -130,6 +134,7 @@ class Service:
             await self._stop.wait()
             log.info("stopping sessions=%d", sum(len(x.sessions) for x in self._listeners))
             await self._shutdown()
+            await queue
         finally:
             commits, writes = self.store.group_commits, self.store.group_operations
             self.logins.close()

@@ -153,6 +153,14 @@ class Appliance:
         finally:
             store.close()
 
+    def queue_entries(self) -> list:
+        """The outbound queue's entries (QueuedMessage), oldest first."""
+        store = open_store(self.data)
+        try:
+            return store.read(lambda txn: txn.queued())
+        finally:
+            store.close()
+
     def queue(self) -> list[tuple[str, tuple[str, ...], bytes]]:
         """The outbound queue: (sender, recipients, message) of each entry."""
         store = open_store(self.data)

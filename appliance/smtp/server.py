@@ -47,6 +47,7 @@ class SmtpContext:
     tls: ssl.SSLContext | None
     logins: LoginGuard | None = None  # submission's AUTH
     data_dir: Path | None = None  # where submission finds the DKIM keys
+    queued: Callable[[], None] | None = None  # tells the queue runner there is mail to send
 
 
 @dataclass(slots=True)
@@ -197,6 +198,8 @@ class SmtpSession(Session):
             reply = Reply(451, "4.3.0", "Error: local delivery failed, try again later")
         else:
             reply = Reply(250, "2.0.0", f"Ok: queued as {queue_id}")
+            if stored.queued and ctx.queued is not None:
+                ctx.queued()
         delivered = len(stored.entries) if stored else 0
         forwarded = sum(len(q.recipients) for q in stored.queued) if stored else 0
         self._log_transaction(conn, len(body), reply, queue_id, delivered, forwarded)

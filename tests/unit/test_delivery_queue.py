@@ -1,0 +1,144 @@
+"""The queue runner's decisions, with the store real and the network replaced:
+what is delivered, deferred, bounced, and when it is tried again."""
+
+import asyncio
+import time
+
+import pytest
+
+from appliance.config import QueueSettings
+from appliance.delivery.dns import MxTarget, NullMx
+from appliance.delivery.queue import QueueRunner
+from appliance.smtp.client import Kind, Outcome
+from appliance.smtp.protocol import Reply
+from appliance.store import open_store
+
+MESSAGE = b"From: ann@example.org\r\nSubject: out\r\n\r\nhello\r\n"
+MX = MxTarget("mx.remote.test", 10, ("127.0.0.1",), "mx.remote.test", False)
+
+
+class FakeResolver:
+    def __init__(self, failing: dict[str, Exception] | None = None):
+        self.failing = failing or {}
+        self.asked: list[str] = []
+
+    async def mx_hosts(self, domain, local_names=()):
+        self.asked.append(domain)
+        if domain in self.failing:
+            raise self.failing[domain]
+        return [MX]
+
+
+def outcome(kind: Kind, code: int, status: str, text: str) -> Outcome:
+    return Outcome(kind, status, Reply(code, status, text), text, "mx.remote.test", "RCPT TO")
+
+
+class FakePeer:
+    """Answers each recipient as told (delivered unless listed)."""
+
+    def __init__(self, answers: dict[str, Outcome] | None = None):
+        self.answers = answers or {}
+        self.sent: list[tuple[str, tuple[str, ...], bytes]] = []
+
+    async def send(self, targets, sender, recipients, message):
+        self.sent.append((sender, tuple(recipients), message))
+        delivered = outcome(Kind.DELIVERED, 250, "2.0.0", "ok")
+        return {r: self.answers.get(r, delivered) for r in recipients}
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = open_store(tmp_path)
+    store.apply(lambda txn: txn.add_domain("example.org"))
+    store.apply(lambda txn: txn.add_account("ann@example.org", "hash"))
+    store.start()
+    yield store
+    store.close()
+
+
+def queue(store, recipients, sender="ann@example.org"):
+    return store.apply(lambda txn: txn.deliver(MESSAGE, [], sender, recipients, b"")).queued
+
+
+def run_until_idle(store, resolver, peer, settings=None, seconds=5.0):
+    async def main():
+        runner = QueueRunner(
+            store, "mail.example.org", settings or QueueSettings(), resolver, peer.send
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(runner.run(stop))
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if not any(q.next_attempt <= time.time() for q in store.read(lambda t: t.queued())):
+                break
+        stop.set()
+        await task
+
+    asyncio.run(main())
+
+
+def inbox(store, address="ann@example.org"):
+    def read(txn):
+        box = txn.mailbox(txn.account(address).id, "INBOX")
+        return [bytes(txn.blob(m.blob_id)) for m in txn.messages(box.id)]
+
+    return store.read(read)
+
+
+def test_delivered_mail_leaves_the_queue(store):
+    queue(store, ["x@remote.test", "y@remote.test"])
+    peer = FakePeer()
+    run_until_idle(store, FakeResolver(), peer)
+    assert peer.sent == [("ann@example.org", ("x@remote.test", "y@remote.test"), MESSAGE)]
+    assert store.read(lambda txn: txn.queued()) == [] and store.check()["blobs"] == 0
+    assert inbox(store) == []
+
+
+def test_one_refused_recipient_is_bounced_and_the_other_delivered(store):
+    queue(store, ["good@remote.test", "gone@remote.test"])
+    refused = outcome(Kind.PERMANENT, 550, "5.1.1", "no such user")
+    run_until_idle(store, FakeResolver(), FakePeer({"gone@remote.test": refused}))
+    assert store.read(lambda txn: txn.queued()) == []
+    [notice] = inbox(store)
+    assert b"Final-Recipient: rfc822; gone@remote.test" in notice
+    assert b"Status: 5.1.1" in notice and b"no such user" in notice
+    assert b"good@remote.test" not in notice.split(b"Content-Type: text/rfc822-headers")[0]
+
+
+def test_a_deferral_waits_for_the_next_retry(store):
+    [item] = queue(store, ["slow@remote.test"])
+    busy = outcome(Kind.TEMPORARY, 451, "4.3.0", "try later")
+    before = time.time()
+    run_until_idle(store, FakeResolver(), FakePeer({"slow@remote.test": busy}))
+    [left] = store.read(lambda txn: txn.queued())
+    assert left.id == item.id and left.attempts == 1 and "451" in left.last_error
+    assert before + 60 <= left.next_attempt <= time.time() + 60
+    assert inbox(store) == []
+
+
+def test_retries_run_out_into_a_bounce(store):
+    queue(store, ["slow@remote.test"])
+    busy = outcome(Kind.TEMPORARY, 451, "4.3.0", "try later")
+    settings = QueueSettings(max_age=0.001)
+    time.sleep(0.01)
+    run_until_idle(store, FakeResolver(), FakePeer({"slow@remote.test": busy}), settings)
+    assert store.read(lambda txn: txn.queued()) == []
+    [notice] = inbox(store)
+    assert b"Action: failed" in notice and b"Status: 4.3.0" in notice
+
+
+def test_a_null_mx_bounces_at_once_and_a_bounce_is_never_bounced(store):
+    queue(store, ["x@nomail.test"])
+    queue(store, ["y@nomail.test"], sender="")
+    resolver = FakeResolver({"nomail.test": NullMx("nomail.test accepts no mail")})
+    peer = FakePeer()
+    run_until_idle(store, resolver, peer)
+    assert peer.sent == [] and store.read(lambda txn: txn.queued()) == []
+    [notice] = inbox(store)  # one: for ann's message, none for the one from <>
+    assert b"Status: 5.1.10" in notice and b"x@nomail.test" in notice
+
+
+def test_retry_delays_grow_and_then_repeat():
+    settings = QueueSettings(retry_delays=(60, 300, 3600))
+    assert [settings.delay_after(n) for n in (1, 2, 3, 4, 9)] == [60, 300, 3600, 3600, 3600]
