@@ -168,6 +168,11 @@ class QueueSettings:
     max_age: float = 5 * 24 * 3600
     # Deliveries under way at once (each an SMTP connection out).
     concurrency: int = 10
+    # Due messages for one domain share a connection, up to this many
+    # (RSET between them; Postfix's default destination limit is 50 too).
+    messages_per_connection: int = 50
+    # A message is read from the store in pieces of this size as it is sent.
+    read_chunk: int = 256 * 1024
     # The port of MX hosts (RFC 5321: 25); tests point it at their own peer.
     mx_port: int = 25
     # With nothing due, the queue is looked at again after this anyway (an

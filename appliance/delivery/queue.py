@@ -21,23 +21,25 @@ import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 from appliance.config import QueueSettings, RelaySettings, Settings
 from appliance.delivery.bounce import notify_sender
 from appliance.delivery.dns import DnsError, DnsPermanentError, MxTarget, Resolver
 from appliance.delivery.dsn import RecipientFailure
-from appliance.smtp.client import Credentials, Kind, Outcome
+from appliance.smtp.client import Credentials, Kind, Outcome, has_eight_bit
 from appliance.smtp.outbound import Host, OutboundMessage, OutboundSettings, deliver
 from appliance.store import QueuedMessage, Store
 
 log = logging.getLogger(__name__)
 
 
-# Sends one message to the first of the targets that answers: (targets,
-# sender, recipients, message) -> outcome per recipient.
-Sender = Callable[[Sequence[MxTarget], str, Sequence[str], bytes], Awaitable[dict[str, Outcome]]]
+# Sends messages to the first of the targets that answers, over one
+# connection: the outcome for each recipient of each message.
+Sender = Callable[
+    [Sequence[MxTarget], Sequence[OutboundMessage]], Awaitable[list[dict[str, Outcome]]]
+]
 
 
 class QueueRunner:
@@ -80,49 +82,88 @@ class QueueRunner:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _start_due(self, now: float) -> float:
-        """Start the due entries there is room for; seconds until the next one."""
-        entries = self._store.read(lambda txn: txn.queued())
+        """Start the due entries there is room for, those of one domain
+        together (one connection carries them all); seconds until the next."""
         wait = self._settings.idle_recheck
-        for item in entries:
+        batches: dict[str, list[QueuedMessage]] = {}
+        for item in self._store.read(lambda txn: txn.queued()):
             if item.id in self._running:
                 continue
             if item.next_attempt > now:
                 wait = min(wait, item.next_attempt - now)
                 continue
-            if len(self._running) >= self._settings.concurrency:
+            # With a relay every entry goes to the one host: one batch for all.
+            domain = _domain(item) if self._by_mx else ""
+            batch = batches.get(domain)
+            if batch is not None and len(batch) < self._settings.messages_per_connection:
+                batch.append(item)
+                continue
+            if len(self._tasks) >= self._settings.concurrency:
                 wait = min(wait, 1.0)
-                break
-            self._running.add(item.id)
-            task = asyncio.get_running_loop().create_task(self._attempt(item))
-            self._tasks.add(task)
-            task.add_done_callback(self._finished(item.id))
+                continue
+            batches[domain] = [item]
+            self._start(domain, batches[domain])
         return max(wait, 0.0)
 
-    def _finished(self, queue_id: int):
+    def _start(self, domain: str, batch: list[QueuedMessage]) -> None:
+        """Begin a delivery of the batch; entries added to it until the task
+        first runs (this same scan) go along."""
+        self._running.update(item.id for item in batch)
+        task = asyncio.get_running_loop().create_task(self._attempt(domain, batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished(batch))
+
+    def _finished(self, batch: list[QueuedMessage]):
         def done(task: asyncio.Task) -> None:
             self._tasks.discard(task)
-            self._running.discard(queue_id)
+            self._running.difference_update(item.id for item in batch)
             if not task.cancelled() and task.exception() is not None:
-                log.error("queue attempt failed id=%d error=%r", queue_id, task.exception())
+                log.error("queue attempt failed ids=%s error=%r", _ids(batch), task.exception())
             self._wake.set()  # room for another
 
         return done
 
-    async def _attempt(self, item: QueuedMessage) -> None:
-        domain = item.recipients[0].rpartition("@")[2]
-        message = self._store.read(
-            lambda txn: bytes(item.head) + bytes(txn.blob(item.blob_id) or b"")
-        )
+    async def _attempt(self, domain: str, batch: list[QueuedMessage]) -> None:
+        self._running.update(item.id for item in batch)
+        messages = self._store.read(lambda txn: [self._outbound(txn, item) for item in batch])
         try:
             targets = await self._resolver.mx_hosts(domain, [self._hostname]) if self._by_mx else []
         except DnsError as error:
             kind = Kind.PERMANENT if isinstance(error, DnsPermanentError) else Kind.TEMPORARY
             status = error.status or ("5.4.4" if kind is Kind.PERMANENT else "4.4.3")
             outcome = Outcome(kind, status, None, str(error), "")
-            outcomes = dict.fromkeys(item.recipients, outcome)
+            results = [dict.fromkeys(item.recipients, outcome) for item in batch]
         else:
-            outcomes = await self._send(targets, item.sender, item.recipients, message)
-        await self._record(item, outcomes, time.time())
+            results = await self._send(targets, messages)
+        now = time.time()
+        for item, outcomes in zip(batch, results, strict=True):
+            await self._record(item, outcomes, now)
+
+    def _outbound(self, txn, item: QueuedMessage) -> OutboundMessage:
+        """The entry as the SMTP client sends it: its size and 8-bit-ness are
+        read now, its octets later, a chunk per short transaction, so that a
+        connection's batch never sits in memory whole."""
+        body = txn.blob(item.blob_id) or b""
+        return OutboundMessage(
+            item.sender,
+            item.recipients,
+            lambda: self._chunks(item),
+            size=len(item.head) + len(body),
+            eight_bit=has_eight_bit(item.head) or has_eight_bit(body),
+        )
+
+    def _chunks(self, item: QueuedMessage) -> Iterator[bytes]:
+        yield bytes(item.head)
+        offset, chunk = 0, self._settings.read_chunk
+        while True:
+            with self._store.reader(buffers=True) as txn:
+                body = txn.blob(item.blob_id)
+                # Copied while the pages are held: the transport may keep it.
+                piece = b"" if body is None else bytes(body[offset : offset + chunk])
+            if not piece:
+                return
+            yield piece
+            offset += len(piece)
 
     async def _record(self, item: QueuedMessage, outcomes: dict[str, Outcome], now: float):
         expired = now - item.created >= self._settings.max_age
@@ -195,22 +236,21 @@ class Courier:
         self._tls.verify_mode = ssl.CERT_NONE
 
     async def send(
-        self, targets: Sequence[MxTarget], sender: str, recipients: Sequence[str], message: bytes
-    ) -> dict[str, Outcome]:
-        outbound = [OutboundMessage(sender, tuple(recipients), message)]
+        self, targets: Sequence[MxTarget], outbound: Sequence[OutboundMessage]
+    ) -> list[dict[str, Outcome]]:
         if self._relay is not None:
             hosts = [await self._relay_host(self._relay)]
         else:
             hosts = [self._host(t) for t in targets if t.addresses]
-        outcomes: dict[str, Outcome] = {}
+        outcomes: list[dict[str, Outcome]] = []
         for host in hosts:
-            [results] = await deliver(host, outbound, self._settings)
-            outcomes = {r.recipient: r.outcome for r in results}
-            if any(o.reply is not None for o in outcomes.values()):
+            results = await deliver(host, outbound, self._settings)
+            outcomes = [{r.recipient: r.outcome for r in message} for message in results]
+            if any(o.reply is not None for message in outcomes for o in message.values()):
                 break  # the host answered: what it said stands
         if not outcomes:
             unreachable = Outcome(Kind.TEMPORARY, "4.4.1", None, "no MX host has an address", "")
-            outcomes = dict.fromkeys(recipients, unreachable)
+            outcomes = [dict.fromkeys(m.recipients, unreachable) for m in outbound]
         return outcomes
 
     def _host(self, target: MxTarget) -> Host:
@@ -257,6 +297,14 @@ def make_queue_runner(settings: Settings, store: Store) -> QueueRunner:
         courier.send,
         by_mx=settings.relay is None,
     )
+
+
+def _domain(item: QueuedMessage) -> str:
+    return item.recipients[0].rpartition("@")[2].lower()
+
+
+def _ids(batch: list[QueuedMessage]) -> str:
+    return ",".join(str(item.id) for item in batch)
 
 
 def _failure(recipient: str, outcome: Outcome, moment: datetime) -> RecipientFailure:

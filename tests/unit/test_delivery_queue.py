@@ -39,11 +39,18 @@ class FakePeer:
     def __init__(self, answers: dict[str, Outcome] | None = None):
         self.answers = answers or {}
         self.sent: list[tuple[str, tuple[str, ...], bytes]] = []
+        self.connections = 0
 
-    async def send(self, targets, sender, recipients, message):
-        self.sent.append((sender, tuple(recipients), message))
+    async def send(self, targets, envelopes):
+        self.connections += 1
         delivered = outcome(Kind.DELIVERED, 250, "2.0.0", "ok")
-        return {r: self.answers.get(r, delivered) for r in recipients}
+        results = []
+        for message in envelopes:
+            body = b"".join(message.body())
+            assert message.size == len(body)
+            self.sent.append((message.sender, message.recipients, body))
+            results.append({r: self.answers.get(r, delivered) for r in message.recipients})
+        return results
 
 
 @pytest.fixture
@@ -142,3 +149,14 @@ def test_a_null_mx_bounces_at_once_and_a_bounce_is_never_bounced(store):
 def test_retry_delays_grow_and_then_repeat():
     settings = QueueSettings(retry_delays=(60, 300, 3600))
     assert [settings.delay_after(n) for n in (1, 2, 3, 4, 9)] == [60, 300, 3600, 3600, 3600]
+
+
+def test_due_messages_for_one_domain_share_a_connection(store):
+    for _ in range(3):
+        queue(store, ["x@remote.test"])
+    queue(store, ["y@other.test"])
+    resolver, peer = FakeResolver(), FakePeer()
+    run_until_idle(store, resolver, peer)
+    assert len(peer.sent) == 4 and peer.connections == 2
+    assert sorted(resolver.asked) == ["other.test", "remote.test"]  # one lookup per domain
+    assert store.read(lambda txn: txn.queued()) == []
