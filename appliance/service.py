@@ -22,7 +22,6 @@ import uvloop
 
 from appliance import config, tls
 from appliance.config import Settings
-from appliance.delivery.queue import make_queue_runner
 from appliance.imap.server import ImapContext, ImapSession
 from appliance.login import LoginGuard
 from appliance.pop3.server import Pop3Context, Pop3Session
@@ -119,7 +118,7 @@ class Service:
         self.store.on_change = self.mailbox_watch.changed
         self.store.start()
         self.logins = LoginGuard(self.store, self.settings.login)
-        self.queue_runner = make_queue_runner(self.settings, self.store)
+        self.queue_runner = LazyQueueRunner(self.settings, self.store)
         try:
             self._apply(self.settings)
             loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -187,6 +186,43 @@ class Service:
             if late:
                 log.warning("sessions cut off at shutdown count=%d", len(late))
                 await asyncio.wait(late, timeout=5)
+
+
+class LazyQueueRunner:
+    """The outbound queue runner, loaded when there is first mail to send.
+
+    Its DNS resolver and SMTP client weigh about 9 MB; a box that only
+    receives never loads them. Until then this waits for the sessions' wake()
+    (mail was queued), or finds entries on its own (left from before a
+    restart, or queued by the CLI) every idle_recheck seconds.
+    """
+
+    def __init__(self, settings: Settings, store: Store):
+        self._settings = settings
+        self._store = store
+        self._rung = asyncio.Event()
+        self._runner = None
+
+    def wake(self) -> None:
+        self._rung.set()
+        if self._runner is not None:
+            self._runner.wake()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set() and not self._store.read(lambda txn: txn.queued()):
+            self._rung.clear()
+            waiting = {asyncio.ensure_future(self._rung.wait()), asyncio.ensure_future(stop.wait())}
+            await asyncio.wait(
+                waiting, timeout=self._settings.queue.idle_recheck, return_when="FIRST_COMPLETED"
+            )
+            for future in waiting:
+                future.cancel()
+        if stop.is_set():
+            return
+        from appliance.delivery.queue import make_queue_runner
+
+        self._runner = make_queue_runner(self._settings, self._store)
+        await self._runner.run(stop)
 
 
 def _is_loopback(host: str) -> bool:
