@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= var
 # Debian packages the tests drive as real clients and peers.
-TEST_PACKAGES := swaks openssl fetchmail mpop curl isync dovecot-core dovecot-imapd opendkim-tools
+TEST_PACKAGES := swaks openssl fetchmail mpop curl isync dovecot-core dovecot-imapd opendkim-tools postfix
 # The benchmarks are scripts without a .py suffix, which ruff finds only by name.
 BENCH_SCRIPTS := bench/smtp_inbound bench/pop3 bench/imap
 BENCH_PACKAGES := postfix dovecot-core dovecot-lmtpd dovecot-pop3d dovecot-imapd
