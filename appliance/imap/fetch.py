@@ -18,7 +18,7 @@ transaction of its own, so that a 50 MB message never sits in the heap.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from appliance.message import structure
@@ -64,16 +64,21 @@ class StoredMessage:
 
     __slots__ = ("head", "body", "_info", "_structure")
 
-    def __init__(self, head: bytes, body: bytes | memoryview, info: object = None):
+    def __init__(
+        self, head: bytes, body: bytes | memoryview, info: Callable[[], object] | None = None
+    ):
         self.head = head
         self.body = body
-        self._info = info  # the stored structure record, decoded when first needed
+        # Reads the stored structure record: only when an item needs it (a
+        # BODY[] needs none), and only while the transaction is open.
+        self._info = info
         self._structure: Structure | None = None
 
     @property
     def structure(self) -> Structure:
         if self._structure is None:
-            self._structure = load_structure(self._info, self.body)
+            info = None if self._info is None else self._info()
+            self._structure = load_structure(info, self.body)
         return self._structure
 
     @property

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import logging
 import re
 import ssl
@@ -835,7 +836,8 @@ class ImapSession(Session):
                     message = None
                     if needs_message:
                         body = txn.blob(entry.blob_id) or b""
-                        message = StoredMessage(entry.head, body, txn.blob_info(entry.blob_id))
+                        info = functools.partial(txn.blob_info, entry.blob_id)
+                        message = StoredMessage(entry.head, body, info)
                         used += entry.size
                     parts = self._fetch_items(conn, entry, message, items)
                     if entry.uid in changed or FetchAttr("FLAGS") in items:
@@ -1080,7 +1082,8 @@ class _Matcher:
         if self._message is None:
             blob_id = self.entry.blob_id
             body = self.txn.blob(blob_id) or b""
-            self._message = StoredMessage(self.entry.head, body, self.txn.blob_info(blob_id))
+            info = functools.partial(self.txn.blob_info, blob_id)
+            self._message = StoredMessage(self.entry.head, body, info)
         return self._message
 
     def needle(self, value: str) -> str:

@@ -42,7 +42,7 @@ def join(message: bytes, ranges) -> bytes:
 def test_sections_match_the_message_in_one_piece(name, part, text, fields):
     body = BODIES[name]
     whole = HEAD + body
-    stored = StoredMessage(HEAD, memoryview(body), analyze(body).to_record())
+    stored = StoredMessage(HEAD, memoryview(body), analyze(body).to_record)
     expected = join(whole, section_ranges(analyze(whole), whole, part, text, fields))
     assert stored.octets(stored.section(part, text, fields)) == expected
 
@@ -51,7 +51,7 @@ def test_sections_match_the_message_in_one_piece(name, part, text, fields):
 def test_whole_binary_envelope_and_bodystructure_match(name):
     body = BODIES[name]
     whole = HEAD + body
-    stored = StoredMessage(HEAD, memoryview(body), analyze(body).to_record())
+    stored = StoredMessage(HEAD, memoryview(body), analyze(body).to_record)
     one = StoredMessage(b"", whole)
     assert stored.octets(stored.section((), None)) == whole
     assert stored.envelope() == one.envelope()
