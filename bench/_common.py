@@ -1,10 +1,11 @@
 """Helpers shared by the benchmark scripts in this folder.
 
 Finding the peers' tools, free loopback ports, bounded waits for a server's
-greeting, stopping what a script started by PID, sampling a process's RSS,
-running the appliance's CLI, the part of a Dovecot configuration that
-every benchmark's private Dovecot instance has in common, and the
-generated messages that the POP3 and IMAP benchmarks serve.
+greeting, stopping what a script started by PID, sampling the RSS of a
+process or of a tree of them, running the appliance's CLI, the part of a
+Dovecot configuration that every benchmark's private Dovecot instance has in
+common, starting and stopping a private Postfix instance, and the generated
+messages that the POP3, IMAP and outbound SMTP benchmarks use.
 
 Standard library only.  A script sets PROG to its own name first, so that
 its progress lines on stderr say who wrote them.
@@ -12,6 +13,7 @@ its progress lines on stderr say who wrote them.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.utils
 import os
@@ -264,6 +266,104 @@ class RssSampler(threading.Thread):
         self.join(timeout=5)
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes below pid (children, their children ...), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The name in parentheses may hold spaces; the fields after it do not.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1:
+            parents[int(entry)] = int(fields[1])
+    found: list[int] = []
+    wanted = {pid}
+    while wanted:
+        below = [child for child, parent in parents.items() if parent in wanted]
+        found.extend(below)
+        wanted = set(below)
+    return found
+
+
+def pss_kb(pid: int) -> int | None:
+    """The process's proportional set size: its RSS with every page shared
+    with n processes counted 1/n, so that a sum over processes that share
+    libraries counts them once (/proc/PID/smaps_rollup, Linux 4.14+)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return kb(line.split(":", 1)[1])
+    except OSError:
+        pass
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of the process and of the children it has
+    reaped (utime, stime, cutime, cstime of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    # After the name: state is field 3, utime field 14 ... cstime field 17.
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """CPU time of a process and everything below it, living or gone: each
+    process that has ended counts in the cutime and cstime of the one that
+    reaped it, so nothing is counted twice."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(cpu_seconds(child) or 0.0 for child in descendants(pid))
+
+
+class TreeRssSampler(threading.Thread):
+    """Samples the summed VmRSS and PSS of a process and everything below it
+    every POLL seconds, for a server made of many processes that come and go
+    (Postfix). The set of processes is looked up again every TREE_REFRESH
+    samples, so that the /proc walk does not weigh on what is measured."""
+
+    TREE_REFRESH = 10
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.max_kb = 0  # the largest sum of VmRSS
+        self.pss_max_kb = 0  # the largest sum of PSS
+        self.max_processes = 0
+        self.samples = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        pids: list[int] = []
+        while not self._stop_event.is_set():
+            if self.samples % self.TREE_REFRESH == 0:
+                pids = [self.pid, *descendants(self.pid)]
+            rss = [kb(proc_status(p).get("VmRSS")) for p in pids]
+            alive = [p for p, r in zip(pids, rss, strict=True) if r is not None]
+            if self.pid not in alive:
+                return
+            self.max_kb = max(self.max_kb, sum(r or 0 for r in rss))
+            self.pss_max_kb = max(self.pss_max_kb, sum(pss_kb(p) or 0 for p in alive))
+            self.max_processes = max(self.max_processes, len(alive))
+            self.samples += 1
+            self._stop_event.wait(POLL)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=5)
+
+
 def mib(kib: int | None) -> str:
     return "?" if kib is None else f"{kib / 1024:.1f} MiB"
 
@@ -344,6 +444,139 @@ mail_fsync = optimized
 first_valid_uid = {user.pw_uid}
 first_valid_gid = {user.pw_gid}
 """
+
+
+# --------------------------------------------------------------------------
+# Postfix
+
+
+# master.cf: one line per service (name type private unpriv chroot wakeup
+# maxproc command); the caller puts its own listeners first. No chroot
+# anywhere: the queue lives in a temporary directory.
+POSTFIX_SERVICES = """\
+pickup     unix  n - n 60 1 pickup
+cleanup    unix  n - n -  0 cleanup
+qmgr       unix  n - n 300 1 qmgr
+tlsmgr     unix  - - n 1000? 1 tlsmgr
+rewrite    unix  - - n -  - trivial-rewrite
+bounce     unix  - - n -  0 bounce
+defer      unix  - - n -  0 bounce
+trace      unix  - - n -  0 bounce
+verify     unix  - - n -  1 verify
+flush      unix  n - n 1000? 0 flush
+proxymap   unix  - - n -  - proxymap
+proxywrite unix  - - n -  1 proxymap
+smtp       unix  - - n -  - smtp
+relay      unix  - - n -  - smtp
+showq      unix  n - n -  - showq
+error      unix  - - n -  - error
+retry      unix  - - n -  - error
+discard    unix  - - n -  - discard
+local      unix  - n n -  - local
+virtual    unix  - n n -  - virtual
+lmtp       unix  - - n -  - lmtp
+anvil      unix  - - n -  1 anvil
+scache     unix  - - n -  1 scache
+postlog    unix-dgram n - n - 1 postlogd
+"""
+
+
+def postfix_master_cf(listeners: str) -> str:
+    return f"# Written by bench/{PROG} for one run.\n{listeners.rstrip()}\n{POSTFIX_SERVICES}"
+
+
+def postfix_defaults(postconf: str) -> dict[str, str]:
+    """`postconf -d`: the built-in defaults, which also say the version
+    (mail_version) and which parameters this Postfix knows."""
+    r = subprocess.run([postconf, "-d"], capture_output=True, text=True, timeout=60)
+    out = {}
+    for line in r.stdout.splitlines():
+        key, sep, value = line.partition(" = ")
+        if sep:
+            out[key.strip()] = value
+    return out
+
+
+def postfix_base_main_cf(root: Path, pf: Path, defaults: dict[str, str]) -> list[str]:
+    """The main.cf lines every private Postfix shares: its queue, data and
+    log under pf and root, loopback only, no local delivery, no DNS. The
+    caller adds where mail goes and what its listeners allow."""
+    lines = [
+        f"# Written by bench/{PROG} for one run; nothing from /etc/postfix is read.",
+        "compatibility_level = 3.6",
+        f"queue_directory = {pf}/queue",
+        f"data_directory = {pf}/data",
+        # postfix-files and dynamicmaps.cf stay where the package put them.
+        f"meta_directory = {defaults.get('meta_directory', '/etc/postfix')}",
+        f"maillog_file = {root}/postfix.log",
+        f"maillog_file_prefixes = {root}",
+        f"myhostname = postfix.{DOMAIN}",
+        f"mydomain = {DOMAIN}",
+        "myorigin = $myhostname",
+        "mydestination =",
+        "local_recipient_maps =",
+        "local_transport = error:5.1.1 local delivery is disabled",
+        "alias_maps =",
+        "alias_database =",
+        "inet_interfaces = 127.0.0.1",
+        "inet_protocols = ipv4",
+        "smtpd_banner = $myhostname ESMTP",
+        "smtp_host_lookup = native",
+        "lmtp_host_lookup = native",
+        "biff = no",
+        "append_dot_mydomain = no",
+    ]
+    if "smtp_dns_support_level" in defaults:
+        lines.append("smtp_dns_support_level = disabled")
+    else:
+        lines.append("disable_dns_lookups = yes")
+    if "smtpd_peername_lookup" in defaults:
+        lines.append("smtpd_peername_lookup = no")
+    return lines
+
+
+def start_postfix(postfix: str, pf: Path, log: Path) -> int | None:
+    """`postfix -c pf/conf start`; the master's PID from its pid file (None
+    when it cannot be read: then only `postfix stop` can stop it)."""
+    r = subprocess.run(
+        [postfix, "-c", str(pf / "conf"), "start"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if r.returncode != 0:
+        raise BenchError(
+            with_tail(
+                f"`postfix start` failed with status {r.returncode}:\n"
+                + (r.stdout + r.stderr).strip(),
+                log,
+            )
+        )
+    pid_file = pf / "queue" / "pid" / "master.pid"
+    try:
+        return int(pid_file.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        note(f"warning: cannot read Postfix's {pid_file.name}")
+        return None
+
+
+def stop_postfix(postfix: str, pf: Path, master_pid: int | None) -> None:
+    """`postfix stop`, then the master by PID if it is still there."""
+    try:
+        subprocess.run(
+            [postfix, "-c", str(pf / "conf"), "stop"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+        )
+    except subprocess.TimeoutExpired:
+        note("`postfix stop` took more than 60 s")
+    if master_pid is not None and not wait_pid_gone(master_pid, 30):
+        note(f"Postfix master (pid {master_pid}) still runs; killing it")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(master_pid, signal.SIGKILL)
+        wait_pid_gone(master_pid, 10)
 
 
 # --------------------------------------------------------------------------
