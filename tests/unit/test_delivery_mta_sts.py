@@ -405,8 +405,8 @@ def test_failed_fetches_of_an_uncached_domain_back_off_per_id():
 
 
 def test_a_policy_with_max_age_zero_applies_once_and_is_not_kept():
-    brief = parse_policy(GOOD.replace("604800", "0"))
-    fetch = FakeFetcher(brief, brief)
+    fleeting = parse_policy(GOOD.replace("604800", "0"))
+    fetch = FakeFetcher(fleeting, fleeting)
     cache = PolicyCache(fetch)
 
     async def scenario():
@@ -414,7 +414,7 @@ def test_a_policy_with_max_age_zero_applies_once_and_is_not_kept():
         second = await cache.policy_for("example.com", "id1", T0 + 1)
         return first, second
 
-    assert run(scenario()) == (brief, brief)
+    assert run(scenario()) == (fleeting, fleeting)
     assert len(fetch.asked) == 2
 
 
