@@ -46,17 +46,17 @@ class LoginGuard:
         self._decoy = hash_password("decoy password that matches nothing")
 
     def delay_for(self, client: str, now: float | None = None, ahead: int = 0) -> float:
-        """How long the client's next attempt waits: by its recent failures,
-        and by the `ahead` attempts of its still being checked, counted as
-        failures, so that guesses sent at once queue up instead of all
-        going through undelayed."""
+        """How long the client's next attempt waits: by its recent failures
+        and, once it has failed, by the `ahead` attempts of its still being
+        checked, counted as failures too, so that guesses sent at once queue
+        up instead of all going through undelayed. A client that has not
+        failed is not held back: a mail client opens several connections
+        at once, each logging in."""
         now = time.monotonic() if now is None else now
         count, last = self._failures.get(client, (0, 0.0))
-        if now - last > self.settings.failure_window:
-            count = 0
-        count += ahead
-        if count == 0:
+        if count == 0 or now - last > self.settings.failure_window:
             return 0.0
+        count += ahead
         delay = self.settings.failure_delay * 2 ** (count - 1)
         return min(delay, self.settings.max_failure_delay)
 

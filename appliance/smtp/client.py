@@ -347,7 +347,8 @@ class DotStuffer:
     """Turns message content, given in chunks, into DATA's octets.
 
     feed() returns pieces to write in order: slices of the chunk itself
-    (memoryviews, no copy) and a few short bytes between them. A line end or
+    (memoryviews, no copy) and a few short bytes between them: a dot before
+    each line that starts with one, CRLF for a bare CR or LF. A line end or
     a CRLF split across chunks is handled, which is why the last CR of a
     chunk is held until the next one shows whether an LF follows.
     """
@@ -365,6 +366,12 @@ class DotStuffer:
         if not size:
             return []
         self.octets += size
+        if not self._held_cr and view[size - 1] != 0x0D:
+            # Scanned as bytes (C's counts and finds beat the regex tenfold),
+            # sent as slices of the chunk.
+            data = bytes(view)
+            if data.count(b"\r") == data.count(b"\n") == data.count(b"\r\n"):
+                return self._feed_crlf(view, data)
         pieces: list[bytes | memoryview] = []
         start = 0
         if self._held_cr:
@@ -390,6 +397,20 @@ class DotStuffer:
         if end > 0:
             self._line_start = view[end - 1] == 0x0A
         self._held_cr = end < size
+        return pieces
+
+    def _feed_crlf(self, view: memoryview, data: bytes) -> list[bytes | memoryview]:
+        """A chunk whose line ends are all CRLF (all that the store holds):
+        only the dots that start lines need doing."""
+        pieces: list[bytes | memoryview] = []
+        if self._line_start and data[0] == 0x2E:
+            pieces.append(b".")
+        start = 0
+        while (at := data.find(b"\r\n.", start)) >= 0:
+            pieces += (view[start : at + 2], b".")
+            start = at + 2
+        pieces.append(view[start:])
+        self._line_start = data[-1] == 0x0A
         return pieces
 
     def end(self) -> bytes:

@@ -70,11 +70,15 @@ def test_guesses_sent_at_once_wait_their_turn(guard, monkeypatch):
 
     monkeypatch.setattr(asyncio, "sleep", recorded_sleep)
 
-    async def guess_four_at_once():
-        tries = [guard.authenticate("192.0.2.7", "ann@example.org", f"guess {n}") for n in range(4)]
+    async def at_once(client, password, count):
+        tries = [guard.authenticate(client, "ann@example.org", password) for _ in range(count)]
         return await asyncio.gather(*tries)
 
-    assert asyncio.run(guess_four_at_once()) == [None] * 4
-    # The first goes at once; each one behind it counts as a failure ahead.
-    assert waits == [0.05, 0.1, 0.2]
-    assert guard.delay_for("192.0.2.7") == 0.2
+    # A client that has not failed logs in on several connections at once.
+    assert all(asyncio.run(at_once("192.0.2.6", "right password", 4)))
+    assert waits == []
+    # Once it has failed, each guess behind the others counts as a failure ahead.
+    login(guard, "192.0.2.7", "ann@example.org", "wrong")
+    waits.clear()
+    assert asyncio.run(at_once("192.0.2.7", "guess", 4)) == [None] * 4
+    assert waits == [0.05, 0.1, 0.2, 0.2]  # doubled per attempt ahead, capped
