@@ -7,7 +7,7 @@ DATA ?= var
 # Debian packages the tests drive as real clients and peers.
 TEST_PACKAGES := swaks openssl fetchmail mpop curl isync dovecot-core dovecot-imapd opendkim-tools postfix
 # The benchmarks are scripts without a .py suffix, which ruff finds only by name.
-BENCH_SCRIPTS := bench/smtp_inbound bench/pop3 bench/imap
+BENCH_SCRIPTS := bench/smtp_inbound bench/pop3 bench/imap bench/smtp_outbound
 BENCH_PACKAGES := postfix dovecot-core dovecot-lmtpd dovecot-pop3d dovecot-imapd
 
 .PHONY: run test lint bench dist-clean
@@ -30,6 +30,7 @@ bench: $(VENV)/.installed  ## side by side with Postfix and Dovecot; see bench/R
 	$(BIN)/python bench/smtp_inbound
 	$(BIN)/python bench/pop3
 	$(BIN)/python bench/imap
+	$(BIN)/python bench/smtp_outbound
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
