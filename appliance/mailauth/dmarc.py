@@ -1,0 +1,386 @@
+"""DMARC evaluation of inbound mail (RFC 7489).
+
+The steps, in the order the inbound session takes them:
+
+1. `author_domain(message)`: the domain of the one RFC5322.From address.
+   A message with no From field, several, or a From with several addresses
+   (or none, or one that does not parse) raises AuthorError: RFC 7489 6.6.1
+   lets a receiver refuse it, and we do (550 5.7.1 at end of DATA), because
+   a checked domain that is not the one a reader sees is worthless.
+2. `evaluate_dmarc(from_domain, spf, dkim_results, txt_lookup)`: finds the
+   policy record (_dmarc.<from domain>, then _dmarc.<organizational domain>,
+   RFC 7489 6.6.3), checks identifier alignment of SPF and of each passing
+   DKIM signature (3.1), and says what to do with the message (6.6.4):
+   DmarcResult.result is pass / fail / none / temperror / permerror for
+   Authentication-Results, DmarcResult.disposition is none / quarantine /
+   reject for the session.
+
+Organizational domains come from the public suffix list (publicsuffixlist's
+bundled copy, private section included): mail.example.co.uk has the
+organizational domain example.co.uk.
+
+Decisions where RFC 7489 leaves room:
+- several DMARC records at one name, or none: no policy there (6.6.3);
+- a record whose p= (or sp=) is missing or invalid: with an rua= it counts
+  as p=none (6.6.3 step 6), without one the result is permerror and nothing
+  is applied; other bad tags take their defaults (6.3);
+- a failing message that pct= does not select gets the next policy down:
+  reject becomes quarantine, quarantine becomes none (6.6.4);
+- temperror (the record lookup failed for now) applies nothing; the session
+  may answer 451 4.7.5 (RFC 7372) and let the sender retry.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from publicsuffixlist import PublicSuffixList
+
+from appliance.mailauth.results import field_value, header_fields
+from appliance.mailauth.verify import DkimResult, DnsTempError, TxtLookup, txt_records
+
+PASS = "pass"
+FAIL = "fail"
+NONE = "none"
+TEMPERROR = "temperror"
+PERMERROR = "permerror"
+
+# Dispositions (RFC 7489 6.3 p=), mildest first.
+QUARANTINE = "quarantine"
+REJECT = "reject"
+_POLICIES = (NONE, QUARANTINE, REJECT)
+
+RELAXED = "r"
+STRICT = "s"
+
+
+class AuthorError(ValueError):
+    """The message does not have exactly one From address with a domain (RFC 7489 6.6.1)."""
+
+
+@dataclass(slots=True, frozen=True)
+class SpfOutcome:
+    """What SPF (RFC 7208) said about the envelope sender."""
+
+    result: str  # none / neutral / pass / fail / softfail / temperror / permerror
+    mail_from: str  # the MAIL FROM address, "" for the null reverse-path <>
+    helo: str  # the HELO/EHLO name
+
+    @property
+    def domain(self) -> str:
+        """The domain SPF checked: MAIL FROM's, or HELO's for <> (RFC 7208 2.4)."""
+        if self.mail_from:
+            return _domain(self.mail_from.rpartition("@")[2])
+        return _domain(self.helo)
+
+
+@dataclass(slots=True, frozen=True)
+class DmarcRecord:
+    policy: str  # p=
+    subdomain_policy: str  # sp=, p= when absent
+    percent: int = 100  # pct=
+    dkim_alignment: str = RELAXED  # adkim=
+    spf_alignment: str = RELAXED  # aspf=
+
+
+class RecordError(ValueError):
+    """Not a usable DMARC record; the text says why."""
+
+
+@dataclass(slots=True, frozen=True)
+class DmarcResult:
+    result: str  # pass / fail / none / temperror / permerror
+    disposition: str  # none / quarantine / reject: what the receiver applies
+    from_domain: str
+    policy: str = ""  # the p= or sp= that applied, "" with no record
+    record_domain: str = ""  # where the record was found: from or organizational domain
+    spf_aligned: bool = False
+    dkim_aligned: bool = False
+    sampled_out: bool = False  # pct= left this message out: disposition one step down
+    reason: str = ""
+
+
+# RFC5322.From
+
+
+def author_domain(message: bytes | memoryview) -> str:
+    """The domain of the message's one From address, lower case, A-labels. Raises AuthorError."""
+    values = [
+        field_value(message, field) for field in header_fields(message) if field.name == b"from"
+    ]
+    if len(values) != 1:
+        raise AuthorError(f"{len(values)} From fields, not one")
+    addresses = _mailboxes(values[0])
+    if len(addresses) != 1:
+        raise AuthorError(f"{len(addresses)} From addresses, not one")
+    domain = addresses[0]
+    if domain.startswith(b"["):
+        raise AuthorError("the From address has an address literal, not a domain")
+    try:
+        return _domain(domain.decode("utf-8"))
+    except (UnicodeError, ValueError):
+        raise AuthorError("the From domain is not a domain name") from None
+
+
+_TOKENS = re.compile(
+    rb"""(?P<space>[ \t\r\n]+)
+    |(?P<quoted>"(?:[^"\\]|\\.)*")
+    |(?P<literal>\[(?:[^\[\]\\]|\\.)*\])
+    |(?P<special>[()<>@,;:\\".\[\]])
+    |(?P<atom>[^ \t\r\n()<>@,;:\\".\[\]\x00-\x1f\x7f]+)""",
+    re.VERBOSE | re.DOTALL,
+)
+
+
+def _tokens(value: bytes) -> list[tuple[str, bytes]]:
+    """RFC 5322 3.2 lexical tokens, comments dropped. Raises AuthorError."""
+    tokens = []
+    i = 0
+    while i < len(value):
+        if value[i : i + 1] == b"(":
+            i = _after_comment(value, i)
+            continue
+        match = _TOKENS.match(value, i)
+        if match is None or match.lastgroup == "special" and match.group() in (b"\\", b'"', b")"):
+            raise AuthorError("the From field does not parse")
+        if match.lastgroup != "space":
+            tokens.append((match.lastgroup, match.group()))
+        i = match.end()
+    return tokens
+
+
+def _after_comment(value: bytes, i: int) -> int:
+    depth = 0
+    while i < len(value):
+        char = value[i : i + 1]
+        if char == b"\\":
+            i += 1
+        elif char == b"(":
+            depth += 1
+        elif char == b")":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    raise AuthorError("the From field has an unclosed comment")
+
+
+def _mailboxes(value: bytes) -> list[bytes]:
+    """The domain of each mailbox of an address-list (RFC 5322 3.4). Raises AuthorError."""
+    domains: list[bytes] = []
+    current: list[tuple[str, bytes]] = []
+    in_angle = in_group = False
+    for kind, text in _tokens(value):
+        if kind == "special" and text == b"<":
+            in_angle = True
+        elif kind == "special" and text == b">":
+            in_angle = False
+        if in_angle or kind != "special" or text not in (b":", b";", b","):
+            current.append((kind, text))
+            continue
+        if text == b":":
+            if in_group or not _is_phrase(current):
+                raise AuthorError("the From field does not parse")
+            in_group, current = True, []
+            continue
+        if text == b";" and not in_group:
+            raise AuthorError("the From field does not parse")
+        in_group = in_group and text != b";"
+        if current:
+            domains.append(_mailbox_domain(current))
+        current = []
+    if in_angle or in_group:
+        raise AuthorError("the From field does not parse")
+    if current:
+        domains.append(_mailbox_domain(current))
+    return domains
+
+
+def _is_phrase(tokens: list[tuple[str, bytes]]) -> bool:
+    # obs-phrase (RFC 5322 4.1) allows "." among the words.
+    return bool(tokens) and all(kind in ("atom", "quoted") or text == b"." for kind, text in tokens)
+
+
+def _mailbox_domain(tokens: list[tuple[str, bytes]]) -> bytes:
+    """name-addr or addr-spec to its domain."""
+    texts = [text for _kind, text in tokens]
+    if b"<" in texts:
+        open_at = texts.index(b"<")
+        if texts[-1] != b">" or (open_at and not _is_phrase(tokens[:open_at])):
+            raise AuthorError("the From field does not parse")
+        tokens = tokens[open_at + 1 : -1]
+        texts = texts[open_at + 1 : -1]
+        if b":" in texts:  # obs-route (RFC 5322 4.4): "<@relay:user@example.org>"
+            tokens = tokens[texts.index(b":") + 1 :]
+            texts = texts[texts.index(b":") + 1 :]
+    if texts.count(b"@") != 1:
+        raise AuthorError("a From address without exactly one @")
+    at = texts.index(b"@")
+    local, domain = tokens[:at], tokens[at + 1 :]
+    if not local or not domain or not _is_phrase(local):
+        raise AuthorError("the From field does not parse")
+    if len(domain) == 1 and domain[0][0] == "literal":
+        return domain[0][1]
+    if any(kind != "atom" and text != b"." for kind, text in domain):
+        raise AuthorError("the From domain does not parse")
+    return b"".join(text for _kind, text in domain)
+
+
+def _domain(text: str) -> str:
+    """A domain in lower case with A-labels, no final dot. Raises ValueError."""
+    name = text.strip().rstrip(".").lower()
+    if not name or ".." in name:
+        raise ValueError(f"not a domain: {text!r}")
+    if not name.isascii():
+        name = name.encode("idna").decode("ascii")
+    return name
+
+
+# Organizational domains and alignment
+
+
+@functools.cache
+def _suffix_list() -> PublicSuffixList:
+    return PublicSuffixList()
+
+
+def organizational_domain(domain: str) -> str:
+    """RFC 7489 3.2: the public suffix plus one label; a public suffix itself stays as it is."""
+    domain = _domain(domain)
+    return _suffix_list().privatesuffix(domain) or domain
+
+
+def aligned(domain: str, from_domain: str, mode: str) -> bool:
+    """Identifier alignment (RFC 7489 3.1): the same domain (strict), or the
+    same organizational domain (relaxed)."""
+    try:
+        domain, from_domain = _domain(domain), _domain(from_domain)
+    except (UnicodeError, ValueError):
+        return False
+    if domain == from_domain:
+        return True
+    return mode == RELAXED and organizational_domain(domain) == organizational_domain(from_domain)
+
+
+# The record
+
+
+def parse_record(text: bytes) -> DmarcRecord:
+    """A DMARC record (RFC 7489 6.3, 6.4); raises RecordError."""
+    tags = _tag_list(text)
+    if not tags or tags[0] != ("v", "DMARC1"):
+        raise RecordError("the record does not start with v=DMARC1")
+    values: dict[str, str] = {}
+    for name, value in tags[1:]:
+        values.setdefault(name.lower(), value)
+    policy = values.get("p", "").lower()
+    subdomain = values.get("sp", policy).lower()
+    if policy not in _POLICIES or subdomain not in _POLICIES:
+        if not _has_report_uri(values.get("rua", "")):
+            raise RecordError("no valid p= or sp=")
+        policy = policy if policy in _POLICIES else NONE  # 6.6.3 step 6
+        subdomain = subdomain if subdomain in _POLICIES else policy
+    percent = values.get("pct", "100")
+    return DmarcRecord(
+        policy=policy,
+        subdomain_policy=subdomain,
+        percent=int(percent) if percent.isdigit() and int(percent) <= 100 else 100,
+        dkim_alignment=STRICT if values.get("adkim", "").lower() == STRICT else RELAXED,
+        spf_alignment=STRICT if values.get("aspf", "").lower() == STRICT else RELAXED,
+    )
+
+
+def _tag_list(text: bytes) -> list[tuple[str, str]]:
+    """tag=value pairs separated by ";" with white space around (RFC 7489 6.4)."""
+    try:
+        decoded = text.decode("ascii")
+    except UnicodeDecodeError:
+        raise RecordError("the record is not ASCII") from None
+    tags = []
+    for part in decoded.split(";"):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name.strip()):
+            raise RecordError(f"not a tag: {part.strip()!r}")
+        tags.append((name.strip(), value.strip()))
+    return tags
+
+
+def _has_report_uri(rua: str) -> bool:
+    return any(re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+", u.strip()) for u in rua.split(","))
+
+
+def _dmarc_records(txt_lookup: TxtLookup, domain: str) -> list[bytes]:
+    """The records at _dmarc.<domain> that start with v=DMARC1 (RFC 7489 6.6.3 step 3)."""
+    found = txt_records(txt_lookup, f"_dmarc.{domain}")
+    return [r for r in found if re.match(rb"v[ \t]*=[ \t]*DMARC1[ \t]*(;|$)", r)]
+
+
+# Evaluation
+
+
+def evaluate_dmarc(
+    from_domain: str,
+    spf: SpfOutcome | None,
+    dkim_results: Sequence[DkimResult],
+    txt_lookup: TxtLookup,
+    *,
+    sample: Callable[[], float] = random.random,
+) -> DmarcResult:
+    """The DMARC result and disposition for a message whose author domain is from_domain.
+
+    sample returns a number in [0, 1) for pct= (RFC 7489 6.6.4); tests pass a fixed one.
+    """
+    from_domain = _domain(from_domain)
+    org_domain = organizational_domain(from_domain)
+    try:
+        found = _find_record(from_domain, org_domain, txt_lookup)
+    except DnsTempError as error:
+        return DmarcResult(TEMPERROR, NONE, from_domain, reason=f"record lookup: {error}")
+    except RecordError as error:
+        return DmarcResult(PERMERROR, NONE, from_domain, reason=str(error))
+    if found is None:
+        return DmarcResult(NONE, NONE, from_domain, reason="no DMARC record")
+    record, record_domain = found
+    policy = record.policy if record_domain == from_domain else record.subdomain_policy
+    spf_aligned = (
+        spf is not None
+        and spf.result == PASS
+        and bool(spf.mail_from or spf.helo)
+        and aligned(spf.domain, from_domain, record.spf_alignment)
+    )
+    dkim_aligned = any(
+        result.passed and aligned(result.domain, from_domain, record.dkim_alignment)
+        for result in dkim_results
+    )
+    common = dict(
+        from_domain=from_domain,
+        policy=policy,
+        record_domain=record_domain,
+        spf_aligned=spf_aligned,
+        dkim_aligned=dkim_aligned,
+    )
+    if spf_aligned or dkim_aligned:
+        return DmarcResult(PASS, NONE, **common)
+    if sample() * 100 < record.percent:
+        return DmarcResult(FAIL, policy, **common, reason="no aligned pass")
+    milder = _POLICIES[max(0, _POLICIES.index(policy) - 1)]
+    return DmarcResult(FAIL, milder, **common, sampled_out=True, reason=f"pct={record.percent}")
+
+
+def _find_record(
+    from_domain: str, org_domain: str, txt_lookup: TxtLookup
+) -> tuple[DmarcRecord, str] | None:
+    """The record and where it was found (RFC 7489 6.6.3). Raises DnsTempError, RecordError."""
+    for domain in dict.fromkeys((from_domain, org_domain)):
+        records = _dmarc_records(txt_lookup, domain)
+        if len(records) == 1:
+            return parse_record(records[0]), domain
+        if len(records) > 1:
+            return None  # step 5: several records, no DMARC processing
+    return None
