@@ -28,7 +28,6 @@ run it in an executor thread, e.g.
 from __future__ import annotations
 
 import contextvars
-import functools
 import logging
 from dataclasses import dataclass
 
@@ -104,6 +103,8 @@ def check_helo(
 
 
 def _check(ip: str, sender: str, helo: str, settings: ResolverSettings, timeout: float):
+    if not timeout > 0:  # pyspf reads a time limit of 0 as none at all
+        raise ValueError(f"spf: the time limit must be positive, got {timeout!r}")
     lookup = _Lookup(_stub_resolver(settings))
     try:
         query = _Query(i=ip, s=sender, h=helo, strict=True, querytime=timeout)
@@ -252,13 +253,11 @@ def _text(name: dns.name.Name) -> str:
     return name.to_text(omit_final_dot=True)
 
 
-@functools.lru_cache(maxsize=8)
 def _stub_resolver(settings: ResolverSettings) -> dns.resolver.Resolver:
-    """A stub resolver for settings; shared by checks, which only read it.
+    """A stub resolver for one check: the nameservers of settings, or of /etc/resolv.conf.
 
-    No nameservers configured: those of /etc/resolv.conf, read once per
-    settings (the outbound resolver watches that file; SPF results a few
-    minutes old after a change of network are no harm).
+    Made per check (it is cheap; the file is short), so that a change of
+    network is seen by the next check and no state outlives a check.
     """
     if settings.nameservers:
         stub = dns.resolver.Resolver(configure=False)

@@ -137,6 +137,36 @@ def test_servfail_is_temperror(dns_server):
     assert "temporary error" in outcome.comment
 
 
+def test_ptr_skips_a_name_whose_address_lookup_fails(dns_server):
+    # RFC 7208 5.5: "If a DNS error occurs while doing an A RR lookup, then
+    # that domain name is skipped and the search continues."
+    dns_server.load(
+        {
+            "example.org": {"TXT": '"v=spf1 ptr -all"'},
+            "4.2.0.192.in-addr.arpa": {"PTR": ["broken.example.org.", "mx.example.org."]},
+            "broken.example.org": "SERVFAIL",
+            "mx.example.org": {"A": "192.0.2.4"},
+        }
+    )
+    outcome = check_spf("192.0.2.4", "a@example.org", "x.test", settings_for(dns_server))
+    assert outcome.result == "pass"
+    assert dns_server.queries_for("broken.example.org", "A")
+
+
+def test_ptr_lookup_error_is_no_match_and_p_macro_unknown(dns_server):
+    # RFC 7208 5.5: a DNS error on the PTR lookup: the mechanism fails to
+    # match. RFC 7208 7.3: %{p} is then "unknown".
+    dns_server.load(
+        {
+            "example.org": {"TXT": '"v=spf1 ptr -all exp=why.example.org"'},
+            "why.example.org": {"TXT": '"refused from %{p}"'},
+            "4.2.0.192.in-addr.arpa": "SERVFAIL",
+        }
+    )
+    outcome = check_spf("192.0.2.4", "a@example.org", "x.test", settings_for(dns_server))
+    assert (outcome.result, outcome.explanation) == ("fail", "refused from unknown")
+
+
 def test_stalled_dns_is_temperror_within_the_checks_time_limit(dns_server):
     dns_server.stall("example.org")
     settings = settings_for(dns_server, query_timeout=0.2, lookup_timeout=30.0)
@@ -197,6 +227,11 @@ def test_two_void_lookups_at_most(dns_server, voids, result):
 def test_not_an_ip_address_is_refused(dns_server):
     with pytest.raises(ValueError):
         check_spf("not-an-ip", "a@example.org", "x.test", settings_for(dns_server))
+
+
+def test_no_time_limit_is_refused(dns_server):
+    with pytest.raises(ValueError):
+        check_spf("192.0.2.1", "a@example.org", "x.test", settings_for(dns_server), timeout=0)
 
 
 # -- concurrent checks with different settings --------------------------------
