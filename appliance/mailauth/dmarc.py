@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from publicsuffixlist import PublicSuffixList
 
 from appliance.mailauth.results import field_value, header_fields
+from appliance.mailauth.spf import SpfResult
 from appliance.mailauth.verify import DkimResult, DnsTempError, TxtLookup, txt_records
 
 PASS = "pass"
@@ -60,22 +61,6 @@ STRICT = "s"
 
 class AuthorError(ValueError):
     """The message does not have exactly one From address with a domain (RFC 7489 6.6.1)."""
-
-
-@dataclass(slots=True, frozen=True)
-class SpfOutcome:
-    """What SPF (RFC 7208) said about the envelope sender."""
-
-    result: str  # none / neutral / pass / fail / softfail / temperror / permerror
-    mail_from: str  # the MAIL FROM address, "" for the null reverse-path <>
-    helo: str  # the HELO/EHLO name
-
-    @property
-    def domain(self) -> str:
-        """The domain SPF checked: MAIL FROM's, or HELO's for <> (RFC 7208 2.4)."""
-        if self.mail_from:
-            return _domain(self.mail_from.rpartition("@")[2])
-        return _domain(self.helo)
 
 
 @dataclass(slots=True, frozen=True)
@@ -326,13 +311,16 @@ def _dmarc_records(txt_lookup: TxtLookup, domain: str) -> list[bytes]:
 
 def evaluate_dmarc(
     from_domain: str,
-    spf: SpfOutcome | None,
+    spf: SpfResult | None,
     dkim_results: Sequence[DkimResult],
     txt_lookup: TxtLookup,
     *,
     sample: Callable[[], float] = random.random,
 ) -> DmarcResult:
     """The DMARC result and disposition for a message whose author domain is from_domain.
+
+    spf is the MAIL FROM check (check_spf, which checks HELO for a null
+    sender), None if SPF was not checked; dkim_results are verify_dkim's.
 
     sample returns a number in [0, 1) for pct= (RFC 7489 6.6.4); tests pass a fixed one.
     """
@@ -348,10 +336,11 @@ def evaluate_dmarc(
         return DmarcResult(NONE, NONE, from_domain, reason="no DMARC record")
     record, record_domain = found
     policy = record.policy if record_domain == from_domain else record.subdomain_policy
+    # The SPF-authenticated identifier: MAIL FROM's domain, or HELO's for a
+    # null sender (RFC 7489 3.1.2, RFC 7208 2.4); spf.domain is whichever was checked.
     spf_aligned = (
         spf is not None
         and spf.result == PASS
-        and bool(spf.mail_from or spf.helo)
         and aligned(spf.domain, from_domain, record.spf_alignment)
     )
     dkim_aligned = any(

@@ -5,13 +5,12 @@ field this box prepends to an inbound message: one resinfo per method (spf,
 then each DKIM signature, then dmarc), folded at 78 octets, ending in CRLF:
 
     Authentication-Results: mx.example.com;
-     spf=pass smtp.mailfrom=alice@example.org;
+     spf=pass smtp.mailfrom=example.org;
      dkim=pass header.d=example.org header.s=a2026r header.a=rsa-sha256;
      dmarc=pass (p=reject dis=none) header.from=example.org
 
-A method that was not run is left out; spf None, no DKIM signature and
-dmarc None say spf=none, dkim=none, dmarc=none only when that is what was
-found (see the function). With nothing at all: "mx.example.com; none".
+A method that was not run is left out (spf None, dmarc None); DKIM is
+always run, so a message without a signature says dkim=none.
 
 `our_results_ranges(message, authserv_id)` gives the (start, end) octet
 ranges of the Authentication-Results fields that claim to be ours: RFC 8601
@@ -29,7 +28,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from appliance.mailauth.dmarc import DmarcResult, SpfOutcome
+    from appliance.mailauth.dmarc import DmarcResult
+    from appliance.mailauth.spf import SpfResult
     from appliance.mailauth.verify import DkimResult
 
 FIELD_NAME = b"Authentication-Results"
@@ -166,7 +166,7 @@ def _skip_cfws(value: bytes, i: int) -> int:
 
 def authentication_results(
     authserv_id: str,
-    spf: SpfOutcome | None,
+    spf: SpfResult | None,
     dkim_results: Sequence[DkimResult],
     dmarc: DmarcResult | None,
 ) -> bytes:
@@ -188,12 +188,12 @@ def authentication_results(
     return _fold([_value(authserv_id)], resinfos)
 
 
-def _spf_resinfo(spf: SpfOutcome) -> list[str]:
+def _spf_resinfo(spf: SpfResult) -> list[str]:
+    """smtp.mailfrom is the domain only: RFC 8601 2.7.2 lets the local part go,
+    and the domain is what SPF checked and DMARC aligns."""
     words = [f"spf={_result_word(spf.result)}"]
-    if spf.mail_from:
-        words.append(f"smtp.mailfrom={_mailfrom(spf.mail_from)}")
-    else:
-        words.append(f"smtp.helo={_value(spf.helo or 'unknown')}")
+    ptype = "smtp.helo" if spf.identity == "helo" else "smtp.mailfrom"
+    words.append(f"{ptype}={_value(spf.domain or 'unknown')}")
     return words
 
 
@@ -220,7 +220,6 @@ def _dmarc_resinfo(dmarc: DmarcResult) -> list[str]:
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")  # RFC 2045 token, no tspecials
-_DOT_ATOM = re.compile(r"[!#$%&'*+\-/=?^_`{|}~0-9A-Za-z]+(?:\.[!#$%&'*+\-/=?^_`{|}~0-9A-Za-z]+)*")
 
 
 def _result_word(result: str) -> str:
@@ -235,16 +234,6 @@ def _value(text: str) -> str:
 def _quoted(text: str) -> str:
     printable = re.sub(r"[\x00-\x1f\x7f]", " ", text)
     return '"' + printable.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _mailfrom(address: str) -> str:
-    """local-part@domain when the local part is a dot-atom, else @domain (RFC 8601 2.3)."""
-    local, at, domain = address.rpartition("@")
-    if not at:
-        return _value(address)
-    if _DOT_ATOM.fullmatch(local) and _TOKEN.fullmatch(domain.replace("@", "")):
-        return f"{local}@{domain}"
-    return _value(f"@{domain}")
 
 
 def _fold(head: list[str], resinfos: list[list[str]]) -> bytes:

@@ -15,12 +15,12 @@ from appliance.mailauth.dmarc import (
     TEMPERROR,
     AuthorError,
     RecordError,
-    SpfOutcome,
     author_domain,
     evaluate_dmarc,
     organizational_domain,
     parse_record,
 )
+from appliance.mailauth.spf import SpfResult
 from appliance.mailauth.verify import DkimResult, DnsTempError
 
 
@@ -42,8 +42,12 @@ def dkim_pass(domain: str) -> DkimResult:
     return DkimResult("pass", domain, "sel", "rsa-sha256")
 
 
-def spf_pass(mail_from: str) -> SpfOutcome:
-    return SpfOutcome("pass", mail_from, "mx.sender.example")
+def spf(result: str, domain: str, identity: str = "mailfrom") -> SpfResult:
+    return SpfResult(result, domain, identity, explanation="", comment="")
+
+
+def spf_pass(mail_from: str) -> SpfResult:
+    return spf("pass", mail_from.rpartition("@")[2])
 
 
 NEVER_SAMPLED = lambda: 0.999  # noqa: E731 - above any pct below 100
@@ -139,7 +143,7 @@ POLICY_CASES = [
     (REJECT, None, [dkim_pass("example.org")], PASS, NONE),
     (REJECT, None, [dkim_pass("news.example.org")], PASS, NONE),  # relaxed
     (REJECT, spf_pass("bounce@esp.example"), [dkim_pass("esp.example")], FAIL, REJECT),
-    (REJECT, SpfOutcome("fail", "a@example.org", "h"), [], FAIL, REJECT),
+    (REJECT, spf("fail", "example.org"), [], FAIL, REJECT),
     (QUARANTINE, spf_pass("bounce@example.org"), [], PASS, NONE),
     (QUARANTINE, None, [dkim_pass("example.org")], PASS, NONE),
     (QUARANTINE, spf_pass("bounce@esp.example"), [dkim_pass("esp.example")], FAIL, QUARANTINE),
@@ -174,7 +178,8 @@ def test_strict_alignment_needs_the_same_domain():
 
 def test_null_sender_aligns_by_the_helo_name():
     keys = lookup({"_dmarc.example.org": b"v=DMARC1; p=reject"})
-    outcome = evaluate_dmarc("example.org", SpfOutcome("pass", "", "mx.example.org"), [], keys)
+    helo = spf("pass", "mx.example.org", identity="helo")
+    outcome = evaluate_dmarc("example.org", helo, [], keys)
     assert (outcome.result, outcome.spf_aligned) == (PASS, True)
 
 
