@@ -4,6 +4,8 @@ and disposition, with DNS answered from a dict."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.mailauth.dmarc import (
     FAIL,
@@ -271,3 +273,20 @@ def test_without_pct_every_failing_message_gets_the_policy():
     keys = lookup({"_dmarc.example.org": b"v=DMARC1; p=reject"})
     outcome = evaluate_dmarc("example.org", None, [], keys, sample=NEVER_SAMPLED)
     assert (outcome.disposition, outcome.sampled_out) == (REJECT, False)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(list(b'<>()[]@,;:\\". \t') + [b"\r\n ", b"a", b"example.org", b"\xc3\xa9"])
+        | st.binary(max_size=4),
+        max_size=30,
+    )
+)
+def test_from_fields_either_give_a_domain_or_are_refused(pieces):
+    value = b"".join(bytes([p]) if isinstance(p, int) else p for p in pieces)
+    try:
+        domain = author_domain(b"From: " + value + b"\r\n\r\n")
+    except AuthorError:
+        return
+    assert domain and domain == domain.lower() and domain.isascii()

@@ -14,7 +14,10 @@ import nacl.signing
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from appliance.config import ResolverSettings
 from appliance.mailauth.verify import (
     FAIL,
     NEUTRAL,
@@ -23,8 +26,10 @@ from appliance.mailauth.verify import (
     POLICY,
     TEMPERROR,
     DnsTempError,
+    resolver_txt_lookup,
     verify_dkim,
 )
+from tests.dns_server import dns_server_fixture  # noqa: F401 - fixture dns_server
 
 DOMAIN = b"example.org"
 MESSAGE = (
@@ -291,3 +296,66 @@ def test_hostile_messages_give_results_not_exceptions(message):
 
 def test_message_without_signature_has_no_results():
     assert verify_dkim(MESSAGE, lookup({})) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"DKIM-Signature: ",
+                b"v=1; ",
+                b"a=rsa-sha256; ",
+                b"a=ed25519-sha256; ",
+                b"d=example.org; ",
+                b"s=sel; ",
+                b"h=from:to; ",
+                b"bh=AAAA; ",
+                b"b=AAAA; ",
+                b"l=99999999999999999999; ",
+                b"x=1; ",
+                b"i=@other.example; ",
+                b"c=relaxed/simple; ",
+                b"=;",
+                b"\r\n",
+                b"\r\n ",
+                b"\n\n",
+                b"From: a@example.org",
+                b"\xff\x00",
+            ]
+        )
+        | st.binary(max_size=20),
+        max_size=25,
+    )
+)
+def test_no_message_makes_the_verifier_raise(pieces):
+    records = {"sel._domainkey.example.org": [b"v=DKIM1; k=rsa; p=AAAA"]}
+    for result in verify_dkim(b"".join(pieces), lookup(records)):
+        assert result.result in (FAIL, NEUTRAL, PERMERROR, POLICY)
+
+
+# The default lookup, through a resolver on loopback
+
+
+def test_resolver_lookup_joins_strings_and_tells_absence_from_failure(dns_server, rsa_key):
+    half = len(rsa_key[1]) // 2
+    dns_server.load(
+        {
+            "sel._domainkey.example.org": {
+                "TXT": f'"{rsa_key[1][:half].decode()}" "{rsa_key[1][half:].decode()}"'
+            },
+            "two.example.org": {"TXT": ['"one"', '"two"']},
+            "broken.example.org": "SERVFAIL",
+        }
+    )
+    settings = ResolverSettings(
+        nameservers=(dns_server.nameserver,), query_timeout=1.0, lookup_timeout=2.0
+    )
+    txt = resolver_txt_lookup(settings)
+    assert txt("sel._domainkey.example.org") == [rsa_key[1]]
+    assert sorted(txt("two.example.org")) == [b"one", b"two"]
+    assert txt("absent.example.org") == []
+    with pytest.raises(DnsTempError):
+        txt("broken.example.org")
+    [result] = verify_dkim(sign(MESSAGE, rsa_key[0]), txt)
+    assert result.result == PASS
