@@ -24,6 +24,7 @@ from appliance import config, tls
 from appliance.config import Settings
 from appliance.imap.server import ImapContext, ImapSession
 from appliance.login import LoginGuard
+from appliance.mailauth.inbound import Checker
 from appliance.pop3.server import Pop3Context, Pop3Session
 from appliance.sessions import ConnectionCounter, Listener, MailboxWatch, Session
 from appliance.smtp.server import SmtpContext, SmtpSession
@@ -85,6 +86,7 @@ class Service:
             logins=self.logins,
             data_dir=settings.data_dir,
             queued=self.queue_runner.wake,
+            checker=Checker(settings.hostname, settings.resolver) if settings.smtp.checks else None,
         )
         self._pop3_context = Pop3Context(
             hostname=settings.hostname,

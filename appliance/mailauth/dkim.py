@@ -444,6 +444,9 @@ def _rsa_sign_with_openssl(hashed, private_key: dict) -> bytes:
     would cap a small box at a hundred signed messages a second; OpenSSL
     (through cryptography) takes under one. dkimpy still does everything
     else: canonicalization, the hashes, the header field."""
+    digest = hashed.digest()
+    if len(digest) != 32:  # not SHA-256 (rsa-sha1, which we never sign with): as dkimpy does
+        return _python_rsa_sign(hashed, private_key)
     key = _openssl_key(
         private_key["modulus"],
         private_key["publicExponent"],
@@ -454,7 +457,7 @@ def _rsa_sign_with_openssl(hashed, private_key: dict) -> bytes:
         private_key["exponent2"],
         private_key["coefficient"],
     )
-    return key.sign(hashed.digest(), padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+    return key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
 
 
 @functools.lru_cache(maxsize=64)
@@ -463,8 +466,8 @@ def _openssl_key(n: int, e: int, d: int, p: int, q: int, dmp1: int, dmq1: int, i
     return rsa.RSAPrivateNumbers(p, q, d, dmp1, dmq1, iqmp, public).private_key()
 
 
-# Every signature this process makes is rsa-sha256 or ed25519-sha256; the
-# name is the one dkimpy's DKIM.sign() looks up when it signs with RSA.
+# The name dkimpy's DKIM.sign() looks up when it signs with RSA.
+_python_rsa_sign = dkim.RSASSA_PKCS1_v1_5_sign
 dkim.RSASSA_PKCS1_v1_5_sign = _rsa_sign_with_openssl
 
 

@@ -8,6 +8,7 @@ commit. A 250 after the message is sent only when that commit is synced.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import secrets
@@ -20,6 +21,8 @@ from pathlib import Path
 from appliance.config import SmtpSettings
 from appliance.delivery.local import Refused, resolve
 from appliance.login import LoginGuard
+from appliance.mailauth.inbound import JUNK, REJECT, Checker
+from appliance.mailauth.results import without_ranges
 from appliance.message import structure
 from appliance.sessions import Listener, Session
 from appliance.smtp.protocol import (
@@ -48,6 +51,7 @@ class SmtpContext:
     logins: LoginGuard | None = None  # submission's AUTH
     data_dir: Path | None = None  # where submission finds the DKIM keys
     queued: Callable[[], None] | None = None  # tells the queue runner there is mail to send
+    checker: Checker | None = None  # SPF, DKIM and DMARC on inbound mail; None: off
 
 
 @dataclass(slots=True)
@@ -56,6 +60,7 @@ class MailTransaction:
 
     accounts: dict[str, str] = field(default_factory=dict)  # account -> RCPT address
     forwards: dict[str, None] = field(default_factory=dict)
+    spf: asyncio.Future | None = None  # the SPF check of MAIL FROM, under way
 
 
 def new_message_id() -> str:
@@ -141,7 +146,13 @@ class SmtpSession(Session):
         if isinstance(event, MailFrom):
             self._smtputf8 = event.smtputf8
             conn.respond(None)
-            return MailTransaction()
+            transaction = MailTransaction()
+            if ctx.checker is not None:
+                # Checked while the client sends its recipients and data.
+                transaction.spf = asyncio.get_running_loop().run_in_executor(
+                    None, ctx.checker.spf, self.client, event.address, conn.helo or ""
+                )
+            return transaction
         if isinstance(event, RcptTo):
             try:
                 route = ctx.store.read(
@@ -156,7 +167,10 @@ class SmtpSession(Session):
             conn.respond(None)
             return transaction
         if isinstance(event, MessageReceived):
-            reply = await self.deliver(conn, event.content, transaction)
+            if ctx.checker is None:
+                reply = await self.deliver(conn, event.content, transaction)
+            else:
+                reply = await self._checked(conn, event.content, transaction, ctx.checker)
             conn.respond(reply)
             return MailTransaction()
         if isinstance(event, MessageRefused):
@@ -165,22 +179,44 @@ class SmtpSession(Session):
             return MailTransaction()
         raise RuntimeError(f"unexpected SMTP event {event!r}")
 
+    async def _checked(
+        self, conn: ServerConnection, body: bytes | bytearray, transaction, checker: Checker
+    ) -> Reply:
+        """Deliver after SPF, DKIM and DMARC: refused (550 5.7.1) when the
+        author's domain asks for it, to Junk when it asks for quarantine."""
+        spf = await transaction.spf if transaction.spf is not None else None
+        loop = asyncio.get_running_loop()
+        verdict = await loop.run_in_executor(None, checker.verdict, body, spf)
+        if verdict.action == REJECT:
+            reply = Reply(550, "5.7.1", f"Message rejected: {verdict.reason}")
+            self._log_transaction(conn, len(body), reply, "-", 0, 0)
+            return reply
+        if verdict.forged:
+            body = b"".join(without_ranges(body, verdict.forged))
+        mailbox = "Junk" if verdict.action == JUNK else "INBOX"
+        return await self.deliver(
+            conn, body, transaction, head=verdict.results_field, mailbox=mailbox
+        )
+
     async def deliver(
         self,
         conn: ServerConnection,
         body: bytes | bytearray,
         transaction: MailTransaction,
         analyzed: structure.Structure | None = None,
+        head: bytes = b"",
+        mailbox: str = "INBOX",
     ) -> Reply:
-        """Store the message for its local recipients and queue it for the
-        rest, in one commit; the Reply says whether that commit happened."""
+        """Store the message for its local recipients (in `mailbox`) and queue
+        it for the rest, in one commit, `head` in front of each local copy;
+        the Reply says whether that commit happened."""
         ctx = self._context
         queue_id = new_message_id()
         sender = conn.mail_from or ""
         received = self._received_fields(conn, queue_id)
         return_path = f"Return-Path: <{sender}>\r\n".encode()
         local = [
-            (account, return_path + received(rcpt))
+            (account, return_path + head + received(rcpt))
             for account, rcpt in transaction.accounts.items()
         ]
         forwards = tuple(transaction.forwards)
@@ -189,7 +225,7 @@ class SmtpSession(Session):
         info = (analyzed or structure.analyze(body)).to_record() if local else None
         try:
             stored = await ctx.store.submit(
-                lambda txn: txn.deliver(body, local, sender, forwards, forward_head, info)
+                lambda txn: txn.deliver(body, local, sender, forwards, forward_head, info, mailbox)
             )
         except Exception:
             log.exception("smtp store failed id=%s", queue_id)

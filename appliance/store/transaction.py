@@ -613,12 +613,15 @@ class Transaction:
         forward: Iterable[str] = (),
         forward_head: bytes = b"",
         info: object | None = None,
+        mailbox: str = "INBOX",
     ) -> Delivery:
         """Store one incoming message for every recipient, the body once.
 
         `local` pairs each recipient account with the trace header block for
         its copy; `forward` lists external addresses to queue the message for;
-        `info` is kept with the body (see blob_info()).
+        `info` is kept with the body (see blob_info()). Local copies go to
+        each account's `mailbox` (Junk for what the checks quarantine), or
+        to its INBOX should that mailbox be gone.
         """
         blob_id = self.next_id("blob")
         entries: list[MessageEntry] = []
@@ -626,7 +629,9 @@ class Transaction:
         date = time.time()
         for address, head in local:
             account = self.account(address)
-            inbox = account and self.mailbox(account.id, "INBOX")
+            inbox = account and (
+                self.mailbox(account.id, mailbox) or self.mailbox(account.id, "INBOX")
+            )
             if inbox is None:
                 missing.append(address)
                 continue
