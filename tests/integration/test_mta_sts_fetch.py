@@ -156,6 +156,7 @@ class PolicyServer:
             for piece in self.response:
                 if piece is STALL:
                     await asyncio.sleep(3 * TIMEOUT)  # cancelled when the test's loop ends
+                    continue
                 writer.write(piece)
                 await writer.drain()
         except (OSError, EOFError, TimeoutError, asyncio.LimitOverrunError):
