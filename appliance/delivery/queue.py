@@ -28,17 +28,29 @@ from appliance.config import QueueSettings, RelaySettings, Settings
 from appliance.delivery.bounce import notify_sender
 from appliance.delivery.dns import DnsError, DnsPermanentError, MxTarget, Resolver
 from appliance.delivery.dsn import RecipientFailure
+from appliance.delivery.mta_sts import (
+    MxPlan,
+    PolicyCache,
+    apply_policy,
+    resolving_fetcher,
+    verifying_context,
+)
 from appliance.smtp.client import Credentials, Kind, Outcome, has_eight_bit
 from appliance.smtp.outbound import Host, OutboundMessage, OutboundSettings, deliver
 from appliance.store import QueuedMessage, Store
 
 log = logging.getLogger(__name__)
 
+# MTA-STS policies fetched, kept across restarts (RFC 8461 10: a reboot must
+# not hand an attacker back a domain's mail in clear).
+MTA_STS_CACHE = "mta-sts.json"
+
 
 # Sends messages to the first of the targets that answers, over one
-# connection: the outcome for each recipient of each message.
+# connection (with a verified certificate when the flag says so): the
+# outcome for each recipient of each message.
 Sender = Callable[
-    [Sequence[MxTarget], Sequence[OutboundMessage]], Awaitable[list[dict[str, Outcome]]]
+    [Sequence[MxTarget], Sequence[OutboundMessage], bool], Awaitable[list[dict[str, Outcome]]]
 ]
 
 
@@ -51,6 +63,7 @@ class QueueRunner:
         resolver: Resolver,
         send: Sender,
         by_mx: bool = True,  # False: a relay host takes everything, no MX is looked up
+        policies: PolicyCache | None = None,  # MTA-STS; None: not looked for
     ):
         self._store = store
         self._hostname = hostname
@@ -58,6 +71,7 @@ class QueueRunner:
         self._resolver = resolver
         self._send = send
         self._by_mx = by_mx
+        self._policies = policies
         self._wake = asyncio.Event()
         self._running: set[int] = set()  # entries being tried now
         self._tasks: set[asyncio.Task] = set()
@@ -134,10 +148,28 @@ class QueueRunner:
             outcome = Outcome(kind, status, None, str(error), "")
             results = [dict.fromkeys(item.recipients, outcome) for item in batch]
         else:
-            results = await self._send(targets, messages)
+            plan = await self._plan(domain, targets)
+            if plan.verify_tls and not plan.targets:
+                # RFC 8461 5.1: no MX host the policy names; deferred, never bounced at once.
+                text = f"no MX host of {domain} is named by its MTA-STS policy"
+                outcome = Outcome(Kind.TEMPORARY, "4.7.5", None, text, "")
+                results = [dict.fromkeys(item.recipients, outcome) for item in batch]
+            else:
+                results = await self._send(plan.targets, messages, plan.verify_tls)
         now = time.time()
         for item, outcomes in zip(batch, results, strict=True):
             await self._record(item, outcomes, now)
+
+    async def _plan(self, domain: str, targets: Sequence[MxTarget]) -> MxPlan:
+        """The MX hosts to try under the domain's MTA-STS policy (RFC 8461 5)."""
+        if self._policies is None or not self._by_mx:
+            return MxPlan(tuple(targets), False, ())
+        try:
+            policy_id = await self._resolver.mta_sts_txt(domain)
+        except DnsError:
+            policy_id = None  # what is cached and unexpired still applies (3.3)
+        policy = await self._policies.policy_for(domain, policy_id, time.time())
+        return apply_policy(policy, targets, domain)
 
     def _outbound(self, txn, item: QueuedMessage) -> OutboundMessage:
         """The entry as the SMTP client sends it: its size and 8-bit-ness are
@@ -234,14 +266,15 @@ class Courier:
         self._tls = ssl.create_default_context()
         self._tls.check_hostname = False
         self._tls.verify_mode = ssl.CERT_NONE
+        self._verifying = verifying_context()
 
     async def send(
-        self, targets: Sequence[MxTarget], outbound: Sequence[OutboundMessage]
+        self, targets: Sequence[MxTarget], outbound: Sequence[OutboundMessage], verify: bool
     ) -> list[dict[str, Outcome]]:
         if self._relay is not None:
             hosts = [await self._relay_host(self._relay)]
         else:
-            hosts = [self._host(t) for t in targets if t.addresses]
+            hosts = [self._host(t, verify) for t in targets if t.addresses]
         outcomes: list[dict[str, Outcome]] = []
         for host in hosts:
             results = await deliver(host, outbound, self._settings)
@@ -253,7 +286,11 @@ class Courier:
             outcomes = [dict.fromkeys(m.recipients, unreachable) for m in outbound]
         return outcomes
 
-    def _host(self, target: MxTarget) -> Host:
+    def _host(self, target: MxTarget, verify: bool) -> Host:
+        if verify:
+            # MTA-STS enforce (RFC 8461 4.2): STARTTLS, and a certificate
+            # valid for the MX name as published; else the next host.
+            return Host(target.host, target.addresses, self._port, self._verifying, True)
         return Host(target.host, target.addresses, self._port, self._tls)
 
     async def _relay_host(self, relay: RelaySettings) -> Host:
@@ -289,6 +326,7 @@ def make_queue_runner(settings: Settings, store: Store) -> QueueRunner:
         connect_timeout=settings.queue.connect_timeout,
     )
     courier = Courier(outbound, settings.queue.mx_port, resolver, settings.relay)
+    policies = PolicyCache(resolving_fetcher(resolver), settings.data_dir / MTA_STS_CACHE)
     return QueueRunner(
         store,
         settings.hostname,
@@ -296,6 +334,7 @@ def make_queue_runner(settings: Settings, store: Store) -> QueueRunner:
         resolver,
         courier.send,
         by_mx=settings.relay is None,
+        policies=policies,
     )
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from appliance.config import QueueSettings
 from appliance.delivery.dns import MxTarget, NullMx
+from appliance.delivery.mta_sts import Mode, Policy
 from appliance.delivery.queue import QueueRunner
 from appliance.smtp.client import Kind, Outcome
 from appliance.smtp.protocol import Reply
@@ -21,6 +22,9 @@ class FakeResolver:
     def __init__(self, failing: dict[str, Exception] | None = None):
         self.failing = failing or {}
         self.asked: list[str] = []
+
+    async def mta_sts_txt(self, domain):
+        return "20260101" if domain == "remote.test" else None
 
     async def mx_hosts(self, domain, local_names=()):
         self.asked.append(domain)
@@ -40,9 +44,11 @@ class FakePeer:
         self.answers = answers or {}
         self.sent: list[tuple[str, tuple[str, ...], bytes]] = []
         self.connections = 0
+        self.targets: list[tuple[list[str], bool]] = []
 
-    async def send(self, targets, envelopes):
+    async def send(self, targets, envelopes, verify):
         self.connections += 1
+        self.targets.append(([t.host for t in targets], verify))
         delivered = outcome(Kind.DELIVERED, 250, "2.0.0", "ok")
         results = []
         for message in envelopes:
@@ -67,10 +73,15 @@ def queue(store, recipients, sender="ann@example.org"):
     return store.apply(lambda txn: txn.deliver(MESSAGE, [], sender, recipients, b"")).queued
 
 
-def run_until_idle(store, resolver, peer, settings=None, seconds=5.0):
+def run_until_idle(store, resolver, peer, settings=None, seconds=5.0, policies=None):
     async def main():
         runner = QueueRunner(
-            store, "mail.example.org", settings or QueueSettings(), resolver, peer.send
+            store,
+            "mail.example.org",
+            settings or QueueSettings(),
+            resolver,
+            peer.send,
+            policies=policies,
         )
         stop = asyncio.Event()
         task = asyncio.create_task(runner.run(stop))
@@ -160,3 +171,33 @@ def test_due_messages_for_one_domain_share_a_connection(store):
     assert len(peer.sent) == 4 and peer.connections == 2
     assert sorted(resolver.asked) == ["other.test", "remote.test"]  # one lookup per domain
     assert store.read(lambda txn: txn.queued()) == []
+
+
+class FakePolicies:
+    """An MTA-STS policy cache that knows one policy."""
+
+    def __init__(self, policy):
+        self.policy = policy
+
+    async def policy_for(self, domain, policy_id, now):
+        return self.policy if policy_id is not None else None
+
+
+def test_an_mta_sts_enforce_policy_requires_verified_tls_to_the_hosts_it_names(store):
+    queue(store, ["x@remote.test"])
+    queue(store, ["y@other.test"])  # no policy there: opportunistic TLS as before
+    peer = FakePeer()
+    policy = Policy(Mode.ENFORCE, 86400, ("*.remote.test",))
+    run_until_idle(store, FakeResolver(), peer, policies=FakePolicies(policy))
+    assert sorted(peer.targets) == [(["mx.remote.test"], False), (["mx.remote.test"], True)]
+    assert store.read(lambda txn: txn.queued()) == []
+
+
+def test_mail_is_deferred_when_no_mx_matches_the_enforced_policy(store):
+    queue(store, ["x@remote.test"])
+    peer = FakePeer()
+    policy = Policy(Mode.ENFORCE, 86400, ("mx.elsewhere.test",))
+    run_until_idle(store, FakeResolver(), peer, policies=FakePolicies(policy))
+    assert peer.sent == []  # never sent in clear, nor to a host the policy does not name
+    [left] = store.read(lambda txn: txn.queued())
+    assert left.attempts == 1 and "MTA-STS" in left.last_error and inbox(store) == []
