@@ -192,7 +192,9 @@ def test_fetchmail_downloads_500_messages_over_tls(appliance, tmp_path):
     )
     rc.chmod(0o600)
     result = subprocess.run(
-        ["fetchmail", "-f", str(rc), "--invisible", "--nokeep", "-v"],
+        # Its own lock: as root fetchmail would share /var/run's with any other run.
+        ["fetchmail", "-f", str(rc), "--pidfile", str(tmp_path / "fetchmail.pid")]
+        + ["--invisible", "--nokeep", "-v"],
         capture_output=True,
         text=True,
         timeout=300,
