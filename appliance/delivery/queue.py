@@ -26,6 +26,13 @@ from datetime import UTC, datetime
 
 from appliance.config import QueueSettings, RelaySettings, Settings
 from appliance.delivery.bounce import notify_sender
+from appliance.delivery.dane import (
+    dane_applies,
+    dane_requires_tls,
+    peer_chain,
+    tlsa_matches,
+    unverified_context,
+)
 from appliance.delivery.dns import DnsError, DnsPermanentError, MxTarget, Resolver
 from appliance.delivery.dsn import RecipientFailure
 from appliance.delivery.mta_sts import (
@@ -274,7 +281,7 @@ class Courier:
         if self._relay is not None:
             hosts = [await self._relay_host(self._relay)]
         else:
-            hosts = [self._host(t, verify) for t in targets if t.addresses]
+            hosts = [h for t in targets if t.addresses and (h := await self._host(t, verify))]
         outcomes: list[dict[str, Outcome]] = []
         for host in hosts:
             results = await deliver(host, outbound, self._settings)
@@ -286,7 +293,31 @@ class Courier:
             outcomes = [dict.fromkeys(m.recipients, unreachable) for m in outbound]
         return outcomes
 
-    def _host(self, target: MxTarget, verify: bool) -> Host:
+    async def _host(self, target: MxTarget, verify: bool) -> Host | None:
+        """How to reach one MX host; None when it must be skipped."""
+        if target.secure:
+            # DANE first (RFC 8461 2, RFC 7672): TLSA records of a host whose
+            # MX and addresses DNSSEC vouched for.
+            try:
+                answer = await self._resolver.tlsa(target.canonical or target.host, self._port)
+            except DnsError:
+                return None  # RFC 7672 2.1.1: unknown whether TLS is required
+            if dane_applies(answer):
+                names = {target.host, target.canonical}
+
+                def matches(ssl_object, records=answer.records) -> bool:
+                    return tlsa_matches(records, peer_chain(ssl_object), names=names)
+
+                return Host(
+                    target.host,
+                    target.addresses,
+                    self._port,
+                    unverified_context(),  # the TLSA records decide, not the CAs
+                    require_tls=True,
+                    check_peer=matches,
+                )
+            if dane_requires_tls(answer):
+                return Host(target.host, target.addresses, self._port, self._tls, True)
         if verify:
             # MTA-STS enforce (RFC 8461 4.2): STARTTLS, and a certificate
             # valid for the MX name as published; else the next host.

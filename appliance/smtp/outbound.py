@@ -98,6 +98,9 @@ class Host:
     require_tls: bool = False
     implicit_tls: bool = False
     credentials: Credentials | None = None
+    # Checked after the STARTTLS handshake (DANE's TLSA match); False ends the
+    # attempt on this host.
+    check_peer: Callable[[ssl.SSLObject], bool] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,8 +361,15 @@ class _Attempt:
         except (OSError, ssl.SSLError, TimeoutError) as error:
             self.tls_failed = True
             conn.connection_lost(f"TLS handshake failed: {_describe(error)}")
-        else:
-            conn.tls_started()
+            return
+        check = self.host.check_peer
+        if check is not None and not check(writer.get_extra_info("ssl_object")):
+            # DANE (RFC 7672 2.2): the TLSA records do not match what the host
+            # showed; this host gets nothing, in TLS or in clear.
+            self.tls_failed = True
+            conn.connection_lost("TLS authentication failed: no TLSA record matches (DANE)")
+            return
+        conn.tls_started()
 
     async def _send_body(
         self,

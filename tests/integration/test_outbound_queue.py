@@ -172,3 +172,41 @@ def test_two_hundred_queued_messages_survive_sigkill(make_appliance, dns, postfi
     wait_until(lambda: app.queue() == [], timeout=60, what="the queue to empty")
     subjects = sorted(re.search(rb"Subject: crash (\d+)", m).group(1) for m in arrived)
     assert subjects == sorted(str(n).encode() for n in range(200))  # each once
+
+
+def tlsa_3_1_1(certificate_path) -> str:
+    """DANE-EE SPKI SHA-256 (RFC 7671 5.1) of a PEM certificate."""
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    certificate = x509.load_pem_x509_certificate(certificate_path.read_bytes())
+    spki = certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return f"3 1 1 {hashlib.sha256(spki).hexdigest()}"
+
+
+@pytest.mark.parametrize("matching", [True, False])
+def test_dane_decides_whether_a_validated_mx_gets_the_mail(make_appliance, postfix, matching):
+    postfix.start()
+    record = tlsa_3_1_1(postfix.certificate) if matching else "3 1 1 " + "00" * 32
+    zone = {
+        "postfix.test": {"MX": ["10 mx.postfix.test."]},
+        "mx.postfix.test": {"A": ["127.0.0.1"]},
+        f"_{postfix.port}._tcp.mx.postfix.test": {"TLSA": [record]},
+    }
+    with DnsServer(zone, validated=True) as dns:  # a validating resolver on loopback: AD counts
+        app = sending_appliance(make_appliance, dns, postfix.port)
+        submit(app, ["bob@postfix.test"])
+        if matching:
+            [arrived] = postfix.wait_for_messages("bob", 1)
+            assert b"(using TLS" in arrived
+            wait_until(lambda: app.queue() == [], what="the queue to empty")
+        else:
+            [entry] = wait_until(
+                lambda: [q for q in app.queue_entries() if q.attempts >= 1], what="a deferral"
+            )
+            assert "DANE" in entry.last_error
+            assert postfix.messages("bob") == []  # nothing went in clear instead
