@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import signal
 import socket
 import subprocess
@@ -20,12 +21,29 @@ PASSWORD = "correct horse battery"
 READY = "ready hostname="
 
 
+# Listening ports for the servers tests start come from below the kernel's
+# ephemeral range (32768 up): a port the kernel hands out for an outgoing
+# connection (a delivery, a DNS query) cannot then take one between the
+# moment it is chosen and the moment its server binds it.
+_PORTS = range(20000, 32768)
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """Distinct free ports: all held open until all are chosen."""
-    sockets = [socket.socket() for _ in range(count)]
+    sockets: list[socket.socket] = []
     try:
-        for s in sockets:
-            s.bind((host, 0))
+        for port in random.sample(_PORTS, 200):
+            if len(sockets) == count:
+                break
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+            try:
+                s.bind((host, port))
+            except OSError:
+                s.close()
+                continue
+            sockets.append(s)
+        if len(sockets) < count:
+            raise RuntimeError(f"no {count} free ports on {host} in {_PORTS}")
         return [s.getsockname()[1] for s in sockets]
     finally:
         for s in sockets:
