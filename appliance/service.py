@@ -24,7 +24,6 @@ from appliance import config, tls
 from appliance.config import Settings
 from appliance.imap.server import ImapContext, ImapSession
 from appliance.login import LoginGuard
-from appliance.mailauth.inbound import Checker
 from appliance.pop3.server import Pop3Context, Pop3Session
 from appliance.sessions import ConnectionCounter, Listener, MailboxWatch, Session
 from appliance.smtp.server import SmtpContext, SmtpSession
@@ -86,7 +85,7 @@ class Service:
             logins=self.logins,
             data_dir=settings.data_dir,
             queued=self.queue_runner.wake,
-            checker=Checker(settings.hostname, settings.resolver) if settings.smtp.checks else None,
+            checker=_checker(settings),
         )
         self._pop3_context = Pop3Context(
             hostname=settings.hostname,
@@ -188,6 +187,16 @@ class Service:
             if late:
                 log.warning("sessions cut off at shutdown count=%d", len(late))
                 await asyncio.wait(late, timeout=5)
+
+
+def _checker(settings: Settings):
+    """The inbound checks, or None when they are off; their code (dkimpy,
+    pyspf, the Public Suffix List: some 15 MB) is loaded only when they are on."""
+    if not settings.smtp.checks:
+        return None
+    from appliance.mailauth.inbound import Checker
+
+    return Checker(settings.hostname, settings.resolver)
 
 
 class LazyQueueRunner:

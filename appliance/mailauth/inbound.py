@@ -36,6 +36,14 @@ class Verdict:
     # forged (RFC 8601 5), to be dropped from what is stored.
     forged: list[tuple[int, int]] = field(default_factory=list)
 
+    @property
+    def refused(self) -> bool:
+        return self.action == REJECT
+
+    @property
+    def quarantined(self) -> bool:
+        return self.action == JUNK
+
 
 class Checker:
     """The checks of one server: its name (the authserv-id) and its resolver."""

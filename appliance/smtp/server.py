@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance.config import SmtpSettings
 from appliance.delivery.local import Refused, resolve
 from appliance.login import LoginGuard
-from appliance.mailauth.inbound import JUNK, REJECT, Checker
 from appliance.mailauth.results import without_ranges
 from appliance.message import structure
 from appliance.sessions import Listener, Session
@@ -36,6 +36,9 @@ from appliance.smtp.protocol import (
     StartTLS,
 )
 from appliance.store import Store
+
+if TYPE_CHECKING:  # loaded by the service only when the checks are on (dkimpy, pyspf)
+    from appliance.mailauth.inbound import Checker
 
 log = logging.getLogger(__name__)
 
@@ -187,13 +190,13 @@ class SmtpSession(Session):
         spf = await transaction.spf if transaction.spf is not None else None
         loop = asyncio.get_running_loop()
         verdict = await loop.run_in_executor(None, checker.verdict, body, spf)
-        if verdict.action == REJECT:
+        if verdict.refused:
             reply = Reply(550, "5.7.1", f"Message rejected: {verdict.reason}")
             self._log_transaction(conn, len(body), reply, "-", 0, 0)
             return reply
         if verdict.forged:
             body = b"".join(without_ranges(body, verdict.forged))
-        mailbox = "Junk" if verdict.action == JUNK else "INBOX"
+        mailbox = "Junk" if verdict.quarantined else "INBOX"
         return await self.deliver(
             conn, body, transaction, head=verdict.results_field, mailbox=mailbox
         )
