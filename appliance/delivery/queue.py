@@ -117,19 +117,20 @@ class QueueRunner:
             domain = _domain(item) if self._by_mx else ""
             batch = batches.get(domain)
             if batch is not None and len(batch) < self._settings.messages_per_connection:
-                batch.append(item)
+                batch.append(item)  # its task has not run yet: the item goes along
+                self._running.add(item.id)
                 continue
             if len(self._tasks) >= self._settings.concurrency:
                 wait = min(wait, 1.0)
                 continue
             batches[domain] = [item]
+            self._running.add(item.id)
             self._start(domain, batches[domain])
         return max(wait, 0.0)
 
     def _start(self, domain: str, batch: list[QueuedMessage]) -> None:
         """Begin a delivery of the batch; entries added to it until the task
         first runs (this same scan) go along."""
-        self._running.update(item.id for item in batch)
         task = asyncio.get_running_loop().create_task(self._attempt(domain, batch))
         self._tasks.add(task)
         task.add_done_callback(self._finished(batch))
@@ -145,7 +146,6 @@ class QueueRunner:
         return done
 
     async def _attempt(self, domain: str, batch: list[QueuedMessage]) -> None:
-        self._running.update(item.id for item in batch)
         messages = self._store.read(lambda txn: [self._outbound(txn, item) for item in batch])
         try:
             targets = await self._resolver.mx_hosts(domain, [self._hostname]) if self._by_mx else []

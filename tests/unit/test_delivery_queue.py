@@ -201,3 +201,12 @@ def test_mail_is_deferred_when_no_mx_matches_the_enforced_policy(store):
     assert peer.sent == []  # never sent in clear, nor to a host the policy does not name
     [left] = store.read(lambda txn: txn.queued())
     assert left.attempts == 1 and "MTA-STS" in left.last_error and inbox(store) == []
+
+
+def test_a_connection_carries_at_most_messages_per_connection(store):
+    for _ in range(3):
+        queue(store, ["x@remote.test"])
+    peer = FakePeer()
+    run_until_idle(store, FakeResolver(), peer, QueueSettings(messages_per_connection=2))
+    assert len(peer.sent) == 3 and peer.connections == 2
+    assert store.read(lambda txn: txn.queued()) == []
