@@ -304,24 +304,11 @@ def _queue_delete(args) -> int:
 
 
 def _queue_bounce(args) -> int:
-    from appliance.delivery.bounce import notify_sender
-    from appliance.delivery.dsn import RecipientFailure
+    from appliance.delivery.bounce import bounce_now
 
     data_dir = config.data_dir_from(args.data)
     hostname = config.load(data_dir).hostname
-
-    def bounce(txn):
-        item = _queued(txn, args.id)
-        failures = [
-            RecipientFailure(
-                r, "failed", "5.0.0", diagnostic_code="x-local; bounced by the postmaster"
-            )
-            for r in item.recipients
-        ]
-        notify_sender(txn, item, failures, hostname, time.time())
-        return txn.queue_remove(item.id)
-
-    item = _store_apply(args, bounce)
+    item = _store_apply(args, lambda txn: bounce_now(txn, args.id, hostname, time.time()))
     print(f"bounced queued message {item.id}; <{item.sender or ''}> is told")
     return 0
 

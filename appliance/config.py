@@ -216,6 +216,40 @@ class RelaySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSettings:
+    """The [web] table: the setup, admin and status pages."""
+
+    # A session ends after this long without a request, and after max_age in
+    # any case, so a browser left open on a shared computer does not stay in.
+    session_idle_timeout: float = 1800.0
+    session_max_age: float = 12 * 3600.0
+    # Wrong setup codes before the code is replaced by a new one (printed on
+    # the console again): with the per-address delay of [login], a guesser on
+    # the LAN gets this many tries at 60 random bits, then starts over.
+    setup_code_attempts: int = 20
+    # The box's public addresses, for the A/AAAA and PTR records the DNS page
+    # asks for; behind NAT the box cannot see them itself.
+    public_addresses: tuple[str, ...] = ()
+    # RFC 8461 5: "testing" until the box has a certificate other servers
+    # trust; "enforce" then makes senders refuse to deliver without TLS.
+    mta_sts_mode: str = "testing"
+    # The self-test proves outbound port 25 open by reaching this domain's MX.
+    selftest_probe_domain: str = "gmail.com"
+    selftest_step_timeout: float = 15.0
+    # A form or upload larger than this is refused with 413.
+    max_request_size: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "public_addresses", tuple(self.public_addresses))
+        for address in self.public_addresses:
+            ipaddress.ip_address(address)
+        if self.mta_sts_mode not in ("testing", "enforce", "none"):
+            raise ValueError('web.mta_sts_mode: "testing", "enforce" or "none"')
+        if self.session_idle_timeout <= 0 or self.session_max_age <= 0:
+            raise ValueError("web: session timeouts must be positive")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path
     hostname: str
@@ -229,6 +263,7 @@ class Settings:
     resolver: ResolverSettings = field(default_factory=ResolverSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     relay: RelaySettings | None = None
+    web: WebSettings = field(default_factory=WebSettings)
     tls_certificate: Path | None = None  # None: a self-signed one under data_dir/tls
     tls_key: Path | None = None
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
@@ -279,6 +314,7 @@ def load(data_dir: Path, dev: bool = False) -> Settings:
     store = _section(StoreSettings, dict(document.pop("store", {})), "store")
     resolver = _section(ResolverSettings, dict(document.pop("resolver", {})), "resolver")
     queue = _protocol_section(QueueSettings, ClientTimeouts, document, "queue", "timeouts")
+    web = _section(WebSettings, dict(document.pop("web", {})), "web")
     relay_table = document.pop("relay", None)
     relay = None if relay_table is None else _section(RelaySettings, dict(relay_table), "relay")
     tls = dict(document.pop("tls", {}))
@@ -309,10 +345,41 @@ def load(data_dir: Path, dev: bool = False) -> Settings:
         resolver=resolver,
         queue=queue,
         relay=relay,
+        web=web,
         tls_certificate=_data_path(data_dir, tls.pop("certificate", None)),
         tls_key=_data_path(data_dir, tls.pop("key", None)),
         shutdown_grace=shutdown_grace,
     )
+
+
+def set_hostname(data_dir: Path, hostname: str) -> None:
+    """Write `hostname = ...` into appliance.toml, keeping every other line.
+
+    The file is the owner's: comments and settings stay as they were. The
+    top-level key is replaced where it is, or put first; the new file is
+    written beside the old one and renamed over it, so a crash leaves one or
+    the other, never half of each.
+    """
+    path = data_dir / CONFIG_NAME
+    lines = path.read_text().splitlines() if path.exists() else []
+    entry = f"hostname = {_toml_string(hostname)}"
+    for index, line in enumerate(lines):
+        if line.lstrip().startswith("["):
+            break  # past the top-level keys
+        if line.split("=", 1)[0].strip() == "hostname":
+            lines[index] = entry
+            break
+    else:
+        lines.insert(0, entry)
+    temporary = path.with_suffix(".toml.tmp")
+    temporary.write_text("\n".join(lines) + "\n")
+    os.replace(temporary, path)
+
+
+def _toml_string(value: str) -> str:
+    if any(c in value for c in '"\\\r\n') or not value.isprintable():
+        raise ConfigError(f"not a host name: {value!r}")
+    return f'"{value}"'
 
 
 def _data_path(data_dir: Path, value: str | None) -> Path | None:

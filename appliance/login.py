@@ -8,14 +8,22 @@ multiply with the number of clients guessing at once.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import secrets
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from appliance.addresses import AddressError, normalize_address
 from appliance.passwords import hash_password, verify_password
 from appliance.store import Account, Store
+
+T = TypeVar("T")
+
+ONE_TIME_LIFETIME = 60.0  # seconds a one-time password stays usable
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +52,17 @@ class LoginGuard:
         # Checked against when the user does not exist, so that the answer
         # takes as long as for a wrong password (no account enumeration).
         self._decoy = hash_password("decoy password that matches nothing")
+        self._one_time: dict[str, tuple[str, float]] = {}  # address -> (password, expiry)
+
+    def one_time_password(self, address: str) -> str:
+        """A random password that logs address in once, within a minute.
+
+        The delivery self-test logs in over IMAP as the administrator who
+        started it, whose own password the box does not keep.
+        """
+        password = secrets.token_urlsafe(24)
+        self._one_time[address] = (password, time.monotonic() + ONE_TIME_LIFETIME)
+        return password
 
     def delay_for(self, client: str, now: float | None = None, ahead: int = 0) -> float:
         """How long the client's next attempt waits: by its recent failures
@@ -62,6 +81,15 @@ class LoginGuard:
 
     async def authenticate(self, client: str, username: str, password: str) -> Account | None:
         """The account when username and password match, else None (after a delay)."""
+        return await self.guarded(client, self._check, username, password)
+
+    async def guarded(self, client: str, check: Callable[..., T | None], *args) -> T | None:
+        """check(*args) on the hash pool, after the client's failure delay.
+
+        A None result counts as a failure of the client's; anything else
+        forgets its failures. Passwords and the web's setup code go through
+        here, so a guesser is slowed the same way whatever it guesses at.
+        """
         ahead = self._in_flight[client]
         self._in_flight[client] += 1
         try:
@@ -69,16 +97,16 @@ class LoginGuard:
             if delay:
                 await asyncio.sleep(delay)
             loop = asyncio.get_running_loop()
-            account = await loop.run_in_executor(self._pool, self._check, username, password)
+            result = await loop.run_in_executor(self._pool, check, *args)
         finally:
             self._in_flight[client] -= 1
             if not self._in_flight[client]:
                 del self._in_flight[client]
-        if account is None:
+        if result is None:
             self._record_failure(client)
         else:
             self._failures.pop(client, None)
-        return account
+        return result
 
     def _check(self, username: str, password: str) -> Account | None:
         try:
@@ -86,10 +114,19 @@ class LoginGuard:
         except AddressError:
             address = None
         account = self._store.read(lambda txn: txn.account(address)) if address else None
+        if account is not None and self._one_time_matches(address, password):
+            return account
         if account is None:
             verify_password(self._decoy, password)
             return None
         return account if verify_password(account.password_hash, password) else None
+
+    def _one_time_matches(self, address: str, password: str) -> bool:
+        issued, expiry = self._one_time.get(address, ("", 0.0))
+        if not issued or not hmac.compare_digest(issued.encode(), password.encode()):
+            return False
+        self._one_time.pop(address, None)  # used once
+        return time.monotonic() < expiry
 
     def _record_failure(self, client: str) -> None:
         count, _ = self._failures.pop(client, (0, 0.0))

@@ -35,3 +35,30 @@ def verify_password(password_hash: str, password: str) -> bool:
         return _HASHER.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
+
+
+# A password set from the web must be long, or long enough and mixed: a
+# page on the network is guessed at harder than a terminal on the box.
+STRONG_LENGTH = 12
+MIXED_LENGTH = 10
+# Parts of the passwords tried first by every guesser, whatever their length.
+_GUESSED_FIRST = ("password", "passw0rd", "qwerty", "123456", "letmein", "admin", "welcome")
+
+
+def check_strength(password: str, address: str) -> None:
+    """Raise WeakPassword, saying why, unless the password is hard to guess."""
+    local, _, domain = address.lower().partition("@")
+    lowered = password.lower()
+    if len(set(password)) < 5 or any(part in lowered for part in _GUESSED_FIRST):
+        raise WeakPassword("password too easy to guess: use a passphrase of several words")
+    if (local and local in lowered) or (domain and domain.split(".")[0] in lowered):
+        raise WeakPassword("password must not contain the address or the domain")
+    classes = sum(
+        any(test(c) for c in password)
+        for test in (str.islower, str.isupper, str.isdigit, lambda c: not c.isalnum())
+    )
+    if len(password) < STRONG_LENGTH and not (len(password) >= MIXED_LENGTH and classes >= 3):
+        raise WeakPassword(
+            f"password too weak: at least {STRONG_LENGTH} characters, or {MIXED_LENGTH} "
+            "mixing upper and lower case, digits and symbols"
+        )

@@ -28,9 +28,12 @@ from appliance.pop3.server import Pop3Context, Pop3Session
 from appliance.sessions import ConnectionCounter, Listener, MailboxWatch, Session
 from appliance.smtp.server import SmtpContext, SmtpSession
 from appliance.smtp.submission import SubmissionSession
-from appliance.store import Store, Transaction, open_store
+from appliance.store import Store, open_store
 
 log = logging.getLogger(__name__)
+
+# Listeners served by the web pages rather than a mail protocol session.
+WEB_LISTENERS = ("http", "https")
 
 
 class Service:
@@ -46,6 +49,8 @@ class Service:
         self._imap_context: ImapContext | None = None
         self._listeners: list[Listener] = []
         self._servers: list[asyncio.Server] = []
+        self.web = None  # the pages' WebContext once the http listeners are up
+        self._web_runner = None
         self._stop = asyncio.Event()
 
     # Listener name -> (session factory, implicit TLS). Names absent here are
@@ -64,6 +69,9 @@ class Service:
     def _certificate(self, settings: Settings):
         if settings.tls_certificate and settings.tls_key:
             return settings.tls_certificate, settings.tls_key
+        uploaded = tls.uploaded_paths(settings.data_dir)
+        if all(path.exists() for path in uploaded):
+            return uploaded
         return tls.ensure_self_signed(settings.data_dir, settings.hostname)
 
     def _apply(self, settings: Settings) -> None:
@@ -77,6 +85,9 @@ class Service:
             tls.server_context(certificate, key)
             self.tls.load_cert_chain(certificate, key)
         self.settings = settings
+        self.certificate_path = certificate
+        if self.web is not None:
+            self.web.settings = settings
         self._smtp_context = SmtpContext(
             hostname=settings.hostname,
             settings=settings.smtp,
@@ -126,11 +137,11 @@ class Service:
             loop.add_signal_handler(signal.SIGINT, self._stop.set)
             loop.add_signal_handler(signal.SIGHUP, self._reload)
             await self._listen()
+            await self._listen_web()
             queue = loop.create_task(self.queue_runner.run(self._stop))
             data = self.settings.data_dir
+            self._announce_setup()
             print(f"ready hostname={self.settings.hostname} data={data}", flush=True)
-            if not self.store.read(Transaction.domains):
-                print(f"no mail domains yet: appliance --data {data} domain add NAME", flush=True)
             await self._stop.wait()
             log.info("stopping sessions=%d", sum(len(x.sessions) for x in self._listeners))
             await self._shutdown()
@@ -146,6 +157,8 @@ class Service:
         loop = asyncio.get_running_loop()
         protocols = self._protocols()
         for name, (host, port) in self.settings.listen.items():
+            if name in WEB_LISTENERS:
+                continue
             if name not in protocols:
                 if not self.settings.dev:
                     log.warning("listener not available in this version name=%s", name)
@@ -165,6 +178,55 @@ class Service:
             print(f"listening {name} on {host}:{port}", flush=True)
             log.info("listening name=%s address=%s:%d", name, host, port)
 
+    async def _listen_web(self) -> None:
+        """The setup and admin pages, on the same loop as the mail listeners."""
+        wanted = {n: a for n, a in self.settings.listen.items() if n in WEB_LISTENERS}
+        if not wanted:
+            return
+        from aiohttp import web
+
+        from appliance.web.app import make_app
+        from appliance.web.pages import WebContext
+
+        self.web = WebContext(
+            settings=self.settings,
+            store=self.store,
+            logins=self.logins,
+            reload=self._reload,
+            listening=self._listening,
+            certificate=lambda: self.certificate_path,
+        )
+        for name in ("appliance.smtp.server", "appliance.delivery.queue"):
+            logging.getLogger(name).addHandler(self.web.recent)
+        self._web_runner = web.AppRunner(make_app(self.web), access_log=None)
+        await self._web_runner.setup()
+        for name, (host, port) in wanted.items():
+            ssl_context = self.tls if name == "https" else None
+            site = web.TCPSite(self._web_runner, host, port, ssl_context=ssl_context, backlog=128)
+            await site.start()
+            print(f"listening {name} on {host}:{port}", flush=True)
+            log.info("listening name=%s address=%s:%d", name, host, port)
+
+    def _listening(self) -> list[tuple[str, str, int, int]]:
+        """Each mail listener: name, host, port and sessions now open."""
+        return [
+            (listener.name, *self.settings.listen[listener.name], len(listener.sessions))
+            for listener in self._listeners
+        ]
+
+    def _announce_setup(self) -> None:
+        """Until setup is done, the console shows where to go and the code to type."""
+        from appliance.web import setup_code
+
+        if self.store.read(lambda txn: txn.meta(setup_code.SETUP_DONE)):
+            return
+        code = setup_code.ensure(self.settings.data_dir)
+        if "http" in self.settings.listen:
+            host, port = self.settings.listen["http"]
+            shown = self.settings.hostname if host in ("0.0.0.0", "::") else host
+            print(f"setup page: http://{shown}:{port}/setup", flush=True)
+        print(f"setup code: {code}", flush=True)
+
     def _reload(self) -> None:
         try:
             self._apply(config.load(self.settings.data_dir, self.settings.dev))
@@ -176,6 +238,8 @@ class Service:
     async def _shutdown(self) -> None:
         for server in self._servers:
             server.close()
+        if self._web_runner is not None:
+            await self._web_runner.cleanup()
         sessions = [s for listener in self._listeners for s in listener.sessions]
         for session in sessions:
             session.stop()

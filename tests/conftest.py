@@ -84,13 +84,15 @@ class Appliance:
     imaps_port: int = 0
     submission_port: int = 0
     submissions_port: int = 0
+    http_port: int = 0
+    https_port: int = 0
     process: subprocess.Popen | None = None
     log_path: Path | None = None
 
     def __post_init__(self) -> None:
-        ports = free_ports(7, self.host)
+        ports = free_ports(9, self.host)
         self.port, self.pop3_port, self.pop3s_port, self.imap_port, self.imaps_port = ports[:5]
-        self.submission_port, self.submissions_port = ports[5:]
+        self.submission_port, self.submissions_port, self.http_port, self.https_port = ports[5:]
 
     def write_config(self) -> None:
         lines = ['hostname = "mail.example.test"', "shutdown_grace = 5", "[listen]"]
@@ -105,6 +107,8 @@ class Appliance:
         lines.append(f'imaps = "{self.host}:{self.imaps_port}"')
         lines.append(f'submission = "{self.host}:{self.submission_port}"')
         lines.append(f'submissions = "{self.host}:{self.submissions_port}"')
+        lines.append(f'http = "{self.host}:{self.http_port}"')
+        lines.append(f'https = "{self.host}:{self.https_port}"')
         for section, table in settings.items():
             lines.append(f"[{section}]")
             lines += [f"{key} = {_toml(value)}" for key, value in table.items()]
@@ -148,6 +152,20 @@ class Appliance:
             process.kill()  # never leave a server behind a failed test
             process.wait()
             raise
+
+    def setup_code(self) -> str:
+        """The setup code the appliance printed at start."""
+        lines = [x for x in self.log().splitlines() if x.startswith("setup code")]
+        assert lines, f"no setup code printed: {self.log()}"
+        return lines[-1].rpartition(": ")[2].strip()
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def https_url(self) -> str:
+        return f"https://{self.host}:{self.https_port}"
 
     def log(self) -> str:
         if self.log_path is None or not self.log_path.exists():

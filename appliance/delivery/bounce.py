@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from appliance.delivery.dsn import RecipientFailure, make_bounce, return_address, should_bounce
 from appliance.delivery.local import Refused, resolve
 from appliance.message import structure
-from appliance.store import QueuedMessage, Transaction
+from appliance.store import NotFound, QueuedMessage, Transaction
 
 
 def notify_sender(
@@ -42,6 +42,20 @@ def notify_sender(
         now=datetime.fromtimestamp(now, UTC),
     )
     _file_notice(txn, notice, return_address(item.sender), reporting_mta, now, delimiter)
+
+
+def bounce_now(txn: Transaction, queue_id: int, reporting_mta: str, now: float) -> QueuedMessage:
+    """The postmaster gives up on a queue entry: its sender is told, and it
+    leaves the queue, in this one transaction."""
+    item = txn.queued_message(queue_id)
+    if item is None:
+        raise NotFound(f"no queued message {queue_id}")
+    failures = [
+        RecipientFailure(r, "failed", "5.0.0", diagnostic_code="x-local; bounced by the postmaster")
+        for r in item.recipients
+    ]
+    notify_sender(txn, item, failures, reporting_mta, now)
+    return txn.queue_remove(item.id)
 
 
 def _file_notice(

@@ -246,6 +246,16 @@ class Resolver:
             raise NoSuchDomain(f"{_text(qname)}: no such domain (NXDOMAIN)")
         return tuple(_txt_records(result.rrset))
 
+    async def records(self, name: str, rdtype: str) -> tuple[str, ...]:
+        """The records of one type at name, each as zone files write it ("10 mx.example.").
+
+        CNAMEs are followed unless rdtype is CNAME. NODATA and NXDOMAIN are an
+        empty tuple: the web page's record checks call both "missing".
+        """
+        qname = _domain_name(name)
+        result = await self._lookup(qname, dns.rdatatype.from_text(rdtype))
+        return tuple(rdata.to_text() for rdata in result.rrset or ())
+
     # -- MX ordering -------------------------------------------------------
 
     def _ordered_exchanges(self, domain: dns.name.Name, rrset) -> list[tuple[int, dns.name.Name]]:

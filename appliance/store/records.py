@@ -28,6 +28,7 @@ class Account:
     id: int
     password_hash: str
     created: float
+    admin: bool = False  # may use the admin pages
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,12 @@ def _unpack(value: bytes | memoryview) -> object:
     return msgpack.unpackb(value, raw=False)
 
 
+def _account_from(address: str, record: dict) -> Account:
+    return Account(
+        address, record["id"], record["password"], record["created"], record.get("admin", False)
+    )
+
+
 def _text(key: str) -> bytes:
     return key.encode("utf-8")
 
@@ -156,18 +162,12 @@ class Transaction:
 
     def account(self, address: str) -> Account | None:
         record = self._get("accounts", _text(address))
-        if record is None:
-            return None
-        return Account(address, record["id"], record["password"], record["created"])
+        return None if record is None else _account_from(address, record)
 
     def accounts(self) -> list[Account]:
-        out = []
-        for key, value in self._scan("accounts"):
-            record = _unpack(value)
-            out.append(Account(key.decode(), record["id"], record["password"], record["created"]))
-        return out
+        return [_account_from(k.decode(), _unpack(v)) for k, v in self._scan("accounts")]
 
-    def add_account(self, address: str, password_hash: str) -> Account:
+    def add_account(self, address: str, password_hash: str, admin: bool = False) -> Account:
         domain = address.rpartition("@")[2]
         if self.domain(domain) is None:
             raise NotFound(f"no domain {domain}; add it first")
@@ -175,30 +175,34 @@ class Transaction:
             raise AlreadyExists(f"account {address} already exists")
         if self._get("aliases", _text(address)) is not None:
             raise AlreadyExists(f"{address} is an alias")
-        account = Account(address, self.next_id("account"), password_hash, time.time())
-        self._put(
-            "accounts",
-            _text(address),
-            {"id": account.id, "password": password_hash, "created": account.created},
-        )
+        account = Account(address, self.next_id("account"), password_hash, time.time(), admin)
+        self._put_account(account)
         for name, special_use in DEFAULT_MAILBOXES:
             self.create_mailbox(account.id, name, special_use)
         return account
 
-    def set_password(self, address: str, password_hash: str) -> None:
+    def _put_account(self, account: Account) -> None:
+        record = {"id": account.id, "password": account.password_hash, "created": account.created}
+        if account.admin:
+            record["admin"] = True
+        self._put("accounts", _text(account.address), record)
+
+    def _existing_account(self, address: str) -> Account:
         account = self.account(address)
         if account is None:
             raise NotFound(f"no account {address}")
-        self._put(
-            "accounts",
-            _text(address),
-            {"id": account.id, "password": password_hash, "created": account.created},
-        )
+        return account
+
+    def set_password(self, address: str, password_hash: str) -> None:
+        account = self._existing_account(address)
+        self._put_account(dataclasses.replace(account, password_hash=password_hash))
+
+    def set_admin(self, address: str, admin: bool) -> None:
+        account = self._existing_account(address)
+        self._put_account(dataclasses.replace(account, admin=admin))
 
     def remove_account(self, address: str) -> None:
-        account = self.account(address)
-        if account is None:
-            raise NotFound(f"no account {address}")
+        account = self._existing_account(address)
         for mailbox in self.mailboxes(account.id):
             self.delete_mailbox(mailbox)
         self._delete("accounts", _text(address))

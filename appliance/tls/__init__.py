@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import subprocess
 import sys
@@ -15,16 +16,38 @@ def self_signed_paths(data_dir: Path) -> tuple[Path, Path]:
     return data_dir / "tls" / "cert.pem", data_dir / "tls" / "key.pem"
 
 
+def uploaded_paths(data_dir: Path) -> tuple[Path, Path]:
+    """Where a certificate and key the owner uploaded are kept."""
+    return data_dir / "tls" / "uploaded-cert.pem", data_dir / "tls" / "uploaded-key.pem"
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a key or certificate readable by the service alone, replacing any
+    old one in one rename, so a crash leaves the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
 def ensure_self_signed(data_dir: Path, hostname: str) -> tuple[Path, Path]:
-    """The self-signed certificate and key under data_dir/tls, made if absent."""
+    """The self-signed certificate and key under data_dir/tls, made if absent
+    or made for another host name (the owner named the box at setup)."""
     cert_path, key_path = self_signed_paths(data_dir)
-    if cert_path.exists() and key_path.exists():
+    made_for = cert_path.with_name("self-signed-for")
+    # A certificate from before the name was kept is taken as it is.
+    same_name = not made_for.exists() or made_for.read_text().strip() == hostname
+    if cert_path.exists() and key_path.exists() and same_name:
         return cert_path, key_path
     cert_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "appliance.tls.selfsigned", str(cert_path), str(key_path)]
     made = subprocess.run([*command, hostname], capture_output=True, text=True)
     if made.returncode != 0:
         raise OSError(f"making a self-signed certificate failed: {made.stderr.strip()}")
+    made_for.write_text(hostname + "\n")
     log.info("tls self-signed certificate made hostname=%s path=%s", hostname, cert_path)
     return cert_path, key_path
 

@@ -1,0 +1,1 @@
+"""The box's web pages: first-boot setup, administration, status and self-test."""
