@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--dev", action="store_true", help="listen on loopback dev ports")
     serve.set_defaults(run=_serve)
 
+    setup = commands.add_parser("setup-code", help="print the code the web setup page asks for")
+    setup.set_defaults(run=_setup_code)
+
     domain = commands.add_parser("domain", help="manage mail domains").add_subparsers(
         dest="action", required=True, parser_class=_Parser
     )
@@ -117,6 +120,16 @@ def _serve(args) -> int:
 
     settings = config.load(config.data_dir_from(args.data), dev=args.dev)
     return serve(settings)
+
+
+def _setup_code(args) -> int:
+    from appliance.web import setup_code
+
+    data_dir = config.data_dir_from(args.data)
+    if _store_apply(args, lambda txn: txn.meta(setup_code.SETUP_DONE)):
+        raise UsageError("setup is done; the setup code is gone for good")
+    print(setup_code.ensure(data_dir))
+    return 0
 
 
 def _store_apply(args, operation: Callable[[Transaction], object]):

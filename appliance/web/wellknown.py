@@ -81,7 +81,7 @@ async def mta_sts_policy(request: web.Request) -> web.Response:
         raise web.HTTPNotFound()  # RFC 8461 3.3: fetched only over HTTPS
     _served_domain(request, _host_name(request).removeprefix("mta-sts."))
     settings = context(request).settings
-    if settings.web.mta_sts_mode == "none":
-        raise web.HTTPNotFound()
+    # Mode "none" is served too: RFC 8461 8.3 retires a policy by publishing
+    # one in mode none, so senders drop what they cached.
     text = policy_text(settings.hostname, settings.web.mta_sts_mode)
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
