@@ -34,6 +34,8 @@ DEVICE_LISTEN = {
     "imaps": "0.0.0.0:993",
     "pop3": "0.0.0.0:110",
     "pop3s": "0.0.0.0:995",
+    "http": "0.0.0.0:80",  # the setup page, then a redirect to https
+    "https": "0.0.0.0:443",  # admin pages, autoconfig, the MTA-STS policy
 }
 
 # `serve --dev`: loopback only, unprivileged ports (DESIGN.md).
