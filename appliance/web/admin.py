@@ -59,6 +59,14 @@ async def _form(request: web.Request) -> dict[str, str]:
     return {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
 
 
+def _named(request: web.Request, key: str, normalize) -> str:
+    """A domain, address or alias named in the URL, in the store's own spelling."""
+    try:
+        return normalize(request.match_info[key])
+    except AddressError:
+        raise web.HTTPNotFound(text="No such name.") from None
+
+
 async def _change(request: web.Request, back: str, operation, done: str, **audited) -> None:
     """Run operation in a write transaction; say what happened on the page at back."""
     try:
@@ -153,7 +161,7 @@ async def add_domain(request: web.Request) -> web.Response:
 
 async def remove_domain(request: web.Request) -> web.Response:
     require_admin(request)
-    name = request.match_info["domain"]
+    name = _named(request, "domain", normalize_domain)
     await _change(
         request,
         "/admin/domains",
@@ -165,7 +173,7 @@ async def remove_domain(request: web.Request) -> web.Response:
 
 
 def _known_domain(request: web.Request) -> str:
-    name = request.match_info["domain"]
+    name = _named(request, "domain", normalize_domain)
     if context(request).store.read(lambda txn: txn.domain(name)) is None:
         raise web.HTTPNotFound(text="No such domain.")
     return name
@@ -261,7 +269,7 @@ async def add_user(request: web.Request) -> web.Response:
 
 async def reset_password(request: web.Request) -> web.Response:
     require_admin(request)
-    address = request.match_info["address"]
+    address = _named(request, "address", normalize_address)
     try:
         password_hash = await _new_password_hash(await _form(request), address)
     except _REFUSALS as problem:
@@ -280,7 +288,7 @@ async def reset_password(request: web.Request) -> web.Response:
 
 async def remove_user(request: web.Request) -> web.Response:
     current = require_admin(request)
-    address = request.match_info["address"]
+    address = _named(request, "address", normalize_address)
     if address == current.address:
         notice(request, "Not done: you cannot remove the account you are logged in with.")
         raise redirect("/admin/users")
@@ -328,7 +336,7 @@ async def add_alias(request: web.Request) -> web.Response:
 
 async def remove_alias(request: web.Request) -> web.Response:
     require_admin(request)
-    source = request.match_info["source"]
+    source = _named(request, "source", normalize_alias_source)
     await _change(
         request,
         "/admin/aliases",
