@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import ssl
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -58,3 +60,42 @@ def server_context(certificate: Path, key: Path) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certificate, key)
     return context
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateSummary:
+    subject: str  # the common name, or the whole name without one
+    issuer: str
+    self_signed: bool
+    not_after: datetime.datetime
+
+    def __str__(self) -> str:
+        issued = "self-signed" if self.self_signed else f"issued by {self.issuer}"
+        return f"certificate {self.subject}, {issued}, expires {self.not_after:%Y-%m-%d}"
+
+
+def summarize(der: bytes) -> CertificateSummary:
+    """Who a certificate names, who issued it, and until when (for people to read)."""
+    # Loaded only here: the X.509 parser weighs 8 MB, and only the status
+    # page and the self-test need it.
+    from cryptography import x509
+
+    certificate = x509.load_der_x509_certificate(der)
+    return CertificateSummary(
+        subject=_common_name(certificate.subject),
+        issuer=_common_name(certificate.issuer),
+        self_signed=certificate.issuer == certificate.subject,
+        not_after=certificate.not_valid_after_utc,
+    )
+
+
+def summarize_file(path: Path) -> CertificateSummary:
+    """The first certificate of a PEM file (the server's own, before its chain)."""
+    return summarize(ssl.PEM_cert_to_DER_cert(path.read_text()))
+
+
+def _common_name(name) -> str:
+    from cryptography.x509.oid import NameOID
+
+    names = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else name.rfc4514_string()

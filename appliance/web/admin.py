@@ -113,21 +113,23 @@ async def status(request: web.Request) -> web.Response:
     )
 
 
-def _certificate_info(path: Path) -> dict[str, str]:
-    """Subject names and expiry of the certificate the listeners serve."""
+def _certificate_info(path: Path) -> dict[str, object]:
+    """Names and expiry of the certificate the listeners serve."""
     try:
-        # The ssl module's own decoder: the X.509 parser of the cryptography
-        # package would add 8 MB to the long-running process for one page.
-        decoded = ssl._ssl._test_decode_cert(str(path))  # noqa: SLF001
-    except (OSError, ssl.SSLError, AttributeError) as error:
-        return {"names": "?", "expires": f"unreadable: {error}", "days_left": ""}
-    expires = ssl.cert_time_to_seconds(decoded["notAfter"])
-    names = ", ".join(value for kind, value in decoded.get("subjectAltName", ()) if kind == "DNS")
+        summary = tls.summarize_file(path)
+    except (OSError, ValueError) as error:
+        return {
+            "names": "?",
+            "expires": f"unreadable: {error}",
+            "days_left": "?",
+            "self_signed": False,
+        }
+    left = summary.not_after.timestamp() - time.time()
     return {
-        "names": names or "?",
-        "expires": time.strftime("%Y-%m-%d", time.gmtime(expires)),
-        "days_left": str(int((expires - time.time()) // 86400)),
-        "self_signed": decoded.get("issuer") == decoded.get("subject"),
+        "names": summary.subject,
+        "expires": f"{summary.not_after:%Y-%m-%d}",
+        "days_left": int(left // 86400),
+        "self_signed": summary.self_signed,
     }
 
 

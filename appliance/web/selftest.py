@@ -40,9 +40,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
+from appliance import tls
 from appliance.delivery.dns import (
     DnsError,
     DnsTemporaryError,
@@ -593,19 +591,7 @@ def _unverified_tls() -> ssl.SSLContext:
 
 
 def _certificate_text(der: bytes | None) -> str:
-    if not der:
-        return "no certificate"
-    certificate = x509.load_der_x509_certificate(der)
-    subject = _common_name(certificate.subject)
-    issuer = "self-signed" if certificate.issuer == certificate.subject else None
-    issuer = issuer or f"issued by {_common_name(certificate.issuer)}"
-    expires = certificate.not_valid_after_utc
-    return f"certificate {subject}, {issuer}, expires {expires:%Y-%m-%d}"
-
-
-def _common_name(name: x509.Name) -> str:
-    names = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else name.rfc4514_string()
+    return str(tls.summarize(der)) if der else "no certificate"
 
 
 def _remote(host: str, address: str, port: int) -> str:
