@@ -978,10 +978,14 @@ class ImapSession(Session):
         source_id = sel.mailbox.id
         account_id = self._account_id
 
+        rescued = sel.mailbox.special_use == "\\Junk"
+
         def copy(txn):
             target = txn.mailbox(account_id, name)
             if target is None:
                 raise NotFound(name)
+            if rescued and target.special_use not in ("\\Junk", "\\Trash"):
+                txn.remember_not_junk(account_id, _authors(txn, source_id, uids))
             operation = txn.move_messages if move else txn.copy_messages
             return target.uidvalidity, operation(source_id, uids, target)
 
@@ -1237,3 +1241,24 @@ _COMMANDS = {
     "MOVE": ImapSession._copy,
     "SEARCH": ImapSession._search,
 }
+
+
+def _authors(txn, mailbox_id: int, uids: list[int]) -> list[str]:
+    """The From address of each message, from the structure stored at delivery."""
+    found = []
+    for uid in uids:
+        entry = txn.message(mailbox_id, uid)
+        record = entry and txn.blob_info(entry.blob_id)
+        if record is None:
+            continue
+        try:
+            envelope = structure.Structure.from_record(record).root.envelope
+        except structure.RecordError:
+            continue
+        for address in envelope.from_ if envelope else ():
+            if address.mailbox and address.host:
+                found.append(
+                    f"{address.mailbox.decode(errors='replace')}@"
+                    f"{address.host.decode(errors='replace')}"
+                )
+    return found

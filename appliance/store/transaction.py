@@ -52,6 +52,7 @@ DATABASES = (
     "blob_refs",
     "blob_info",
     "queue",
+    "not_junk",
 )
 
 _U64 = struct.Struct(">Q")
@@ -68,6 +69,10 @@ def _account_from(address: str, record: dict) -> Account:
     return Account(
         address, record["id"], record["password"], record["created"], record.get("admin", False)
     )
+
+
+def _not_junk_key(account_id: int, sender: str) -> bytes:
+    return _U64.pack(account_id) + sender.encode()
 
 
 def _text(key: str) -> bytes:
@@ -205,7 +210,26 @@ class Transaction:
         account = self._existing_account(address)
         for mailbox in self.mailboxes(account.id):
             self.delete_mailbox(mailbox)
+        for sender in self.not_junk_senders(account.id):
+            self._delete("not_junk", _not_junk_key(account.id, sender))
         self._delete("accounts", _text(address))
+
+    # -- what a user took out of Junk ------------------------------------------------
+
+    def remember_not_junk(self, account_id: int, senders: Iterable[str]) -> None:
+        """The user moved mail from these senders out of Junk: remember it."""
+        now = time.time()
+        for sender in {s.lower() for s in senders if s}:
+            key = _not_junk_key(account_id, sender)
+            record = self._get("not_junk", key) or {"since": now, "count": 0}
+            self._put("not_junk", key, {**record, "count": record["count"] + 1, "last": now})
+
+    def is_not_junk(self, account_id: int, sender: str) -> bool:
+        return self._get("not_junk", _not_junk_key(account_id, sender.lower())) is not None
+
+    def not_junk_senders(self, account_id: int) -> list[str]:
+        prefix = _U64.pack(account_id)
+        return [bytes(key[len(prefix) :]).decode() for key, _ in self._scan("not_junk", prefix)]
 
     # -- aliases ---------------------------------------------------------------------
 
