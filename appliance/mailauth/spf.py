@@ -38,7 +38,8 @@ import dns.rdatatype
 import dns.resolver
 import spf
 
-from appliance.config import ResolverSettings, parse_nameserver
+from appliance.config import ResolverSettings
+from appliance.mailauth.stub import stub_resolver
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,6 @@ log = logging.getLogger(__name__)
 RESULTS = ("none", "neutral", "pass", "fail", "softfail", "temperror", "permerror")
 # RFC 7208 4.6.4: at least 20 seconds for the whole check before a temperror.
 SPF_TIMEOUT = 20.0
-# The EDNS buffer size of DNS Flag Day 2020 (as the outbound resolver uses):
-# SPF records longer than one UDP datagram come truncated and are asked over TCP.
-EDNS_PAYLOAD = 1232
 # pyspf's name for a result it reports under an older name (RFC 4408).
 _OLD_NAMES = {"error": "temperror", "unknown": "permerror"}
 
@@ -105,7 +103,7 @@ def check_helo(
 def _check(ip: str, sender: str, helo: str, settings: ResolverSettings, timeout: float):
     if not timeout > 0:  # pyspf reads a time limit of 0 as none at all
         raise ValueError(f"spf: the time limit must be positive, got {timeout!r}")
-    lookup = _Lookup(_stub_resolver(settings))
+    lookup = _Lookup(stub_resolver(settings))
     try:
         query = _Query(i=ip, s=sender, h=helo, strict=True, querytime=timeout)
     except spf.PermError as error:  # the client address is not an IP address
@@ -251,30 +249,6 @@ def _text(name: dns.name.Name) -> str:
     if name == dns.name.root:  # "MX 0 ." names no host: pyspf's empty name (RFC 7505)
         return ""
     return name.to_text(omit_final_dot=True)
-
-
-def _stub_resolver(settings: ResolverSettings) -> dns.resolver.Resolver:
-    """A stub resolver for one check: the nameservers of settings, or of /etc/resolv.conf.
-
-    Made per check (it is cheap; the file is short), so that a change of
-    network is seen by the next check and no state outlives a check.
-    """
-    if settings.nameservers:
-        stub = dns.resolver.Resolver(configure=False)
-        stub.nameservers = [
-            dns.nameserver.Do53Nameserver(address, port)
-            for address, port in map(parse_nameserver, settings.nameservers)
-        ]
-    else:
-        try:
-            stub = dns.resolver.Resolver(configure=True)
-        except dns.resolver.NoResolverConfiguration:
-            stub = dns.resolver.Resolver(configure=False)  # every lookup: temperror
-    stub.timeout = settings.query_timeout  # one try at one nameserver
-    stub.lifetime = settings.lookup_timeout
-    stub.use_edns(0, 0, EDNS_PAYLOAD)
-    stub.cache = None  # pyspf keeps its own cache per check
-    return stub
 
 
 _current_lookup: contextvars.ContextVar[_Lookup | None] = contextvars.ContextVar(

@@ -65,7 +65,8 @@ import dns.rdatatype
 import dns.resolver
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 
-from appliance.config import ResolverSettings, parse_nameserver
+from appliance.config import ResolverSettings
+from appliance.mailauth.stub import stub_resolver
 
 log = logging.getLogger(__name__)
 
@@ -318,16 +319,7 @@ def resolver_txt_lookup(settings: ResolverSettings) -> TxtLookup:
     NXDOMAIN and an empty answer are no records; a timeout, SERVFAIL or
     refusal from every server is DnsTempError. Run it in a thread.
     """
-    if settings.nameservers:
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = [
-            dns.nameserver.Do53Nameserver(*parse_nameserver(value))
-            for value in settings.nameservers
-        ]
-    else:
-        resolver = dns.resolver.Resolver()
-    resolver.timeout = settings.query_timeout
-    resolver.lifetime = settings.lookup_timeout
+    resolver = stub_resolver(settings)
 
     def lookup(name: str) -> list[bytes]:
         try:
