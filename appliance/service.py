@@ -26,6 +26,7 @@ from appliance.imap.server import ImapContext, ImapSession
 from appliance.login import LoginGuard
 from appliance.pop3.server import Pop3Context, Pop3Session
 from appliance.sessions import ConnectionCounter, Listener, MailboxWatch, Session
+from appliance.smtp.abuse import ClientLedger, ClientLookups
 from appliance.smtp.server import SmtpContext, SmtpSession
 from appliance.smtp.submission import SubmissionSession
 from appliance.store import Store, open_store
@@ -97,6 +98,9 @@ class Service:
             data_dir=settings.data_dir,
             queued=self.queue_runner.wake,
             checker=_checker(settings),
+            # What port 25's clients did is kept across reloads; the settings are new.
+            ledger=ClientLedger(settings.smtp, getattr(self._smtp_context, "ledger", None)),
+            lookups=ClientLookups(settings.resolver, settings.smtp.client_lookup_timeout),
         )
         self._pop3_context = Pop3Context(
             hostname=settings.hostname,
@@ -193,6 +197,7 @@ class Service:
             store=self.store,
             logins=self.logins,
             reload=self._reload,
+            queue_wake=self.queue_runner.wake,
             listening=self._listening,
             certificate=lambda: self.certificate_path,
         )
@@ -254,13 +259,27 @@ class Service:
 
 
 def _checker(settings: Settings):
-    """The inbound checks, or None when they are off; their code (dkimpy,
-    pyspf, the Public Suffix List: some 15 MB) is loaded only when they are on."""
-    if not settings.smtp.checks:
+    """The inbound checks and the spam filter, or None when both are off;
+    their code (dkimpy, pyspf, the Public Suffix List: some 15 MB) is loaded
+    only when one is on."""
+    if not settings.smtp.checks and not settings.filter.rspamd:
         return None
+    from appliance.mailauth.dmarc import AggregateRecords
     from appliance.mailauth.inbound import Checker
+    from appliance.mailauth.rspamd import RspamdClient
 
-    return Checker(settings.hostname, settings.resolver)
+    spam_filter = None
+    if settings.filter.rspamd:
+        filter_ = settings.filter
+        spam_filter = RspamdClient(filter_.rspamd, filter_.timeout, settings.hostname)
+    return Checker(
+        settings.hostname,
+        settings.resolver,
+        trusted_sealers=settings.smtp.arc_trusted_sealers,
+        records=AggregateRecords(settings.data_dir / "dmarc"),
+        spam_filter=spam_filter,
+        authenticate=settings.smtp.checks,
+    )
 
 
 class LazyQueueRunner:

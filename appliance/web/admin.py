@@ -67,13 +67,18 @@ def _named(request: web.Request, key: str, normalize) -> str:
         raise web.HTTPNotFound(text="No such name.") from None
 
 
-async def _change(request: web.Request, back: str, operation, done: str, **audited) -> None:
-    """Run operation in a write transaction; say what happened on the page at back."""
+async def _change(
+    request: web.Request, back: str, operation, done: str, then=None, **audited
+) -> None:
+    """Run operation in a write transaction, then `then()` if given; say what
+    happened on the page at back."""
     try:
         await context(request).store.submit(operation)
     except _REFUSALS as problem:
         notice(request, f"Not done: {problem}")
     else:
+        if then is not None:
+            then()
         audit(request, **audited)
         notice(request, done)
     raise redirect(back)
@@ -381,6 +386,7 @@ async def queue_action(request: web.Request) -> web.Response:
         "/admin/queue",
         operations[action],
         f"Queued message {queue_id}: {action} done.",
+        then=ctx.queue_wake if action == "retry" else None,
         action=f"queue.{action}",
         id=str(queue_id),
     )

@@ -148,7 +148,7 @@ def autodiscover_response(request_body: bytes, hostname: str, ports: ClientPorts
     Raises BadAutodiscoverRequest for anything but a well-formed request for
     one valid address, and NoClientListener when IMAP or SMTP is not served.
     """
-    address = _autodiscover_address(request_body)
+    address = autodiscover_address(request_body)
     settings = client_settings(address, hostname, ports)
     chosen = [_first(settings, "IMAP"), _first(settings, "SMTP")]
     if None in chosen:
@@ -223,7 +223,7 @@ def apple_mobileconfig(
     return plistlib.dumps(profile, fmt=plistlib.FMT_XML)
 
 
-def _autodiscover_address(body: bytes) -> str:
+def autodiscover_address(body: bytes) -> str:
     """The EMailAddress of an autodiscover request, or BadAutodiscoverRequest."""
     if len(body) > MAX_AUTODISCOVER_REQUEST:
         raise BadAutodiscoverRequest(f"request larger than {MAX_AUTODISCOVER_REQUEST} bytes")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -44,6 +45,7 @@ class WebContext:
     store: Store
     logins: LoginGuard
     reload: Callable[[], None]  # re-read appliance.toml and the certificate
+    queue_wake: Callable[[], None]  # the queue runner looks at the queue now
     listening: Callable[[], list[tuple[str, str, int, int]]]  # name, host, port, sessions
     certificate: Callable[[], Path]  # the PEM file the TLS listeners serve
     sessions: WebSessions = None
@@ -165,8 +167,26 @@ def audit(request: web.Request, action: str, **details: str) -> None:
 
 
 def https_url(request: web.Request, path: str) -> str:
-    """The same page at the box's HTTPS listener, on the host the browser used."""
-    port = context(request).port_of("https") or 443
-    host = urlsplit("//" + request.host).hostname or context(request).settings.hostname
+    """The same page at the box's HTTPS listener.
+
+    On the host the browser used when that is one of the box's own names
+    (its host name, an address, localhost, its .local name): a Host header
+    naming some other site never makes the box send anyone there.
+    """
+    ctx = context(request)
+    port = ctx.port_of("https") or 443
+    host = (urlsplit("//" + request.host).hostname or "").lower()
+    if not _is_own_name(host, ctx.settings.hostname):
+        host = ctx.settings.hostname
     host = f"[{host}]" if ":" in host else host
     return f"https://{host}{'' if port == 443 else f':{port}'}{path}"
+
+
+def _is_own_name(host: str, hostname: str) -> bool:
+    if host in (hostname.lower(), "localhost") or host.endswith(".local"):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

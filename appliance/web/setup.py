@@ -43,12 +43,12 @@ async def complete(request: web.Request) -> web.Response:
     if not await _code_accepted(request, form.get("code", "")):
         error = "That is not the setup code shown on the box's console."
         return render(request, "setup.html", status=403, form=_kept(form), error=error)
+    loop = asyncio.get_running_loop()
     try:
         hostname, domain, address, password = _checked(form)
+        password_hash = await loop.run_in_executor(None, hash_password, password)
     except (SetupError, AddressError, WeakPassword) as problem:
         return render(request, "setup.html", status=400, form=_kept(form), error=str(problem))
-    loop = asyncio.get_running_loop()
-    password_hash = await loop.run_in_executor(None, hash_password, password)
     await loop.run_in_executor(None, _make_dkim_keys, ctx.data_dir, domain)
     try:
         await ctx.store.submit(lambda txn: _set_up(txn, domain, address, password_hash))
@@ -93,9 +93,7 @@ def _checked(form: dict[str, str]) -> tuple[str, str, str, str]:
     try:
         hostname = normalize_domain(form.get("hostname", ""))
     except AddressError:
-        raise SetupError("The mail host name must be a name like mail.example.com.") from None
-    if "." not in hostname:
-        raise SetupError("The mail host name must be a full name like mail.example.com.")
+        raise SetupError("The mail host name must be a full name like mail.example.com.") from None
     domain = normalize_domain(form.get("domain", ""))
     address = normalize_address(form.get("address", ""))
     if address.rpartition("@")[2] != domain:

@@ -63,6 +63,11 @@ async def outlook(request: web.Request) -> web.Response:
     body = await request.content.read(autoconfig.MAX_AUTODISCOVER_REQUEST + 1)
     settings = context(request).settings
     try:
+        address = autoconfig.autodiscover_address(body)
+    except autoconfig.BadAutodiscoverRequest as problem:
+        raise web.HTTPBadRequest(text=str(problem)) from None
+    _served_domain(request, address.rpartition("@")[2])  # as for Thunderbird: ours only
+    try:
         answer = autoconfig.autodiscover_response(
             body, settings.hostname, autoconfig.client_ports(settings.listen)
         )
