@@ -80,6 +80,44 @@ class SmtpSettings:
     # SPF, DKIM and DMARC on mail arriving on port 25, with their verdict in
     # an Authentication-Results field (DNS through [resolver]).
     checks: bool = True
+    # -- abuse of port 25 (the smtp listener; submission has AUTH instead) --
+    # Seconds of silence before the greeting; a client that talks first is a
+    # bot that does not wait for it, refused with 521 (Postfix postscreen's
+    # pregreet test). Senders wait 5 minutes for a greeting (RFC 5321
+    # 4.5.3.2.1); most bots talk at once, so one second catches them and
+    # costs each delivery only that second. 0: no delay, no pregreet test.
+    greet_delay: float = 1.0
+    # Loopback clients (local tools on the box) skip the greeting delay,
+    # DNSBL, reverse DNS and the per-address limits below, as postscreen
+    # exempts mynetworks; tests set it false to be treated as strangers.
+    abuse_exempt_loopback: bool = True
+    # MAIL commands per client address (an IPv6 one's /64) per minute; past
+    # it 450 4.7.1 at MAIL and the session goes on, as Postfix's
+    # smtpd_client_message_rate_limit (counted by anvil per 60 s). 0: no limit.
+    max_messages_per_minute: int = 120
+    # Unknown recipients (550 5.1.1) from one address within this window:
+    # past unknown_recipient_delay_after, each 550 waits unknown_recipient_delay
+    # seconds longer than the one before (up to max_unknown_recipient_delay);
+    # past max_unknown_recipients (Postfix's smtpd_hard_error_limit is 20 per
+    # session), 421 4.7.0, and the address gets 421 at connect for the cooldown.
+    unknown_recipient_window: float = 600.0
+    unknown_recipient_delay_after: int = 5
+    unknown_recipient_delay: float = 1.0
+    max_unknown_recipient_delay: float = 10.0
+    max_unknown_recipients: int = 20
+    unknown_recipient_cooldown: float = 600.0
+    # Addresses remembered for those limits; past this the longest untouched
+    # are forgotten, so a flood from many addresses cannot grow memory.
+    max_tracked_clients: int = 10_000
+    # DNS blocklist zones (RFC 5782), e.g. ["zen.spamhaus.org"]: a listed
+    # client gets 554 5.7.1 in place of the greeting. Off by default: the
+    # big lists refuse queries through public resolvers and charge busy users.
+    dnsbl: tuple[str, ...] = ()
+    # The client's reverse DNS name, checked forward (FCrDNS), in Received:.
+    fcrdns: bool = True
+    # One client's DNSBL and FCrDNS lookups take at most this (through
+    # [resolver]); a DNSBL can hold the greeting back this long at most.
+    client_lookup_timeout: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -188,6 +188,7 @@ _DATA_AFTER_BDAT = Reply(503, "5.5.1", "Error: DATA after BDAT in the same trans
 _TLS_ACTIVE = Reply(503, "5.5.1", "Error: TLS already active")
 _TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
 _NO_RECIPIENTS = Reply(554, "5.5.1", "Error: no valid recipients")
+_SESSION_REJECTED = Reply(503, "5.5.1", "Error: service refused, send QUIT")
 # RFC 5321 4.5.3.1.10: 452, and the client sends the rest in another transaction.
 _TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Error: too many recipients")
 _TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
@@ -433,6 +434,7 @@ class ServerConnection:
         "_auth_failures",
         "_auth_step",
         "_auth_username",
+        "_rejected",
     )
 
     def __init__(
@@ -481,6 +483,7 @@ class ServerConnection:
         self._auth_failures = 0
         self._auth_step = _AuthStep.PLAIN
         self._auth_username = b""  # LOGIN's first response, until the second comes
+        self._rejected = False  # reject(): 554 instead of the greeting, nothing but QUIT
 
     # -- the session's side ------------------------------------------------------------
 
@@ -503,6 +506,15 @@ class ServerConnection:
     def refuse(self, reply: Reply) -> None:
         self._output += reply.to_bytes()
         self._close()
+
+    def reject(self, reply: Reply) -> None:
+        """Refuse the session with `reply` (a 554) in place of the greeting.
+
+        RFC 5321 3.1: the server then waits for QUIT and answers any other
+        command with 503; max_errors of those end the session with 421.
+        """
+        self._rejected = True
+        self._output += reply.to_bytes()
 
     def timeout(self) -> None:
         if not self.closed:
@@ -739,6 +751,8 @@ class ServerConnection:
             raise _Refused(_SYNTAX_ERROR)
         verb, _, argument = line.partition(b" ")
         verb = verb.upper()
+        if self._rejected and verb != b"QUIT":
+            raise _Refused(_SESSION_REJECTED)
         handler = _COMMANDS.get(verb)
         if handler is None:
             raise _Refused(_UNRECOGNIZED)

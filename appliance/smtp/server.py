@@ -25,6 +25,7 @@ from appliance.login import LoginGuard
 from appliance.mailauth.results import without_ranges
 from appliance.message import structure
 from appliance.sessions import Listener, Session
+from appliance.smtp.abuse import ClientLedger, ClientLookups, dnsbl_zones, helo_check, is_exempt
 from appliance.smtp.protocol import (
     Hello,
     MailFrom,
@@ -55,6 +56,8 @@ class SmtpContext:
     data_dir: Path | None = None  # where submission finds the DKIM keys
     queued: Callable[[], None] | None = None  # tells the queue runner there is mail to send
     checker: Checker | None = None  # SPF, DKIM and DMARC on inbound mail; None: off
+    ledger: ClientLedger | None = None  # port 25's per-address limits; None: none
+    lookups: ClientLookups | None = None  # DNSBL and FCrDNS; None: no lookups
 
 
 @dataclass(slots=True)
@@ -76,6 +79,11 @@ class SmtpSession(Session):
         super().__init__(listener, context)
         self._esmtp = False
         self._smtputf8 = False
+        # A stranger on port 25 (not submission, not an exempt loopback
+        # client): screened before the greeting, held to the per-address limits.
+        self._guarded = False
+        self._client_name: asyncio.Task | None = None  # FCrDNS, under way from connect
+        self._helo_check = "-"  # what is wrong with the HELO name, for the log
 
     SUBMISSION = False  # the core's mode: inbound (25) here, RFC 6409 in the subclass
 
@@ -92,13 +100,84 @@ class SmtpSession(Session):
     async def serve(self, admitted: bool) -> None:
         ctx = self._context
         conn = self.new_core()
-        if admitted:
-            conn.greet()
-            await self._serve(conn)
-        else:
+        if not admitted:
             conn.refuse(Reply(421, "4.7.0", f"{ctx.hostname} Error: too many connections"))
-            log.info("smtp refused client=%s reason=too-many-connections", self.client)
+            self._refused("too-many-connections")
             await self.write(conn.data_to_send())
+            return
+        self._guarded = not self.SUBMISSION and not is_exempt(self.client, ctx.settings)
+        try:
+            if self._guarded:
+                await self._screen(conn)
+            else:
+                conn.greet()
+            await self._serve(conn)
+        finally:
+            if self._client_name is not None:
+                self._client_name.cancel()
+
+    async def _screen(self, conn: ServerConnection) -> None:
+        """Before a stranger's greeting: its cooldown, the greeting delay with
+        the pregreet test (postscreen's), the DNSBLs; then conn greets, or refuses."""
+        ctx = self._context
+        settings = ctx.settings
+        cooldown = ctx.ledger.cooldown_left(self.client) if ctx.ledger is not None else 0.0
+        if cooldown:
+            text = f"{ctx.hostname} Error: too many unknown recipients, try again later"
+            conn.refuse(Reply(421, "4.7.0", text))
+            self._refused("cooldown", f" seconds_left={cooldown:.0f}")
+            return
+        loop = asyncio.get_running_loop()
+        lookups = ctx.lookups
+        if lookups is not None and settings.fcrdns:
+            self._client_name = loop.create_task(lookups.verified_name(self.client))
+        zones = dnsbl_zones(settings.dnsbl)
+        listing = (
+            loop.create_task(lookups.listing(self.client, zones)) if lookups and zones else None
+        )
+        try:
+            deadline = time.monotonic() + settings.greet_delay
+            talked = settings.greet_delay > 0 and await self.wait_input(deadline)
+            listed = None if talked or listing is None else await listing
+        finally:
+            if listing is not None:
+                listing.cancel()
+        if self.has_input:
+            self._pregreeted(conn)
+        elif self.stopping:
+            conn.shutdown()
+        elif listed is not None:
+            # RFC 5321 3.1: 554 in place of the greeting; the core then waits for QUIT.
+            client = f"[{self.client}]"
+            conn.reject(
+                Reply(
+                    554,
+                    "5.7.1",
+                    f"Service unavailable; client {client} blocked using {listed.zone}",
+                )
+            )
+            self._refused(
+                "dnsbl", f" zone={listed.zone} answer={listed.answer} text={listed.text!r}"
+            )
+        else:
+            conn.greet()
+
+    def _pregreeted(self, conn: ServerConnection) -> None:
+        """The client spoke before the greeting, or left: a bot that does not wait
+        for replies. RFC 7504 3: 521, and the connection may close at once
+        (a 554 greeting would have to wait for QUIT, RFC 5321 3.1)."""
+        chunks = self.take_input()
+        if chunks == [b""]:
+            conn.receive_data(b"")  # gone before the greeting: nothing to say
+            return
+        conn.refuse(
+            Reply(521, "5.5.1", f"{self._context.hostname} Error: talked before the greeting")
+        )
+        self._refused("pregreet", f" bytes={sum(len(c) for c in chunks)}")
+
+    def _refused(self, reason: str, details: str = "") -> None:
+        """One line per refusal, with the client and the reason."""
+        log.info("smtp refused client=%s reason=%s%s", self.client, reason, details)
 
     async def _serve(self, conn: ServerConnection) -> None:
         transaction = MailTransaction()
@@ -144,9 +223,20 @@ class SmtpSession(Session):
         ctx = self._context
         if isinstance(event, Hello):
             self._esmtp = event.verb == "EHLO"
+            if not self.SUBMISSION:
+                # RFC 5321 4.1.4: a HELO name is never a reason to refuse mail.
+                self._helo_check = helo_check(event.domain, self.client, ctx.hostname)
             conn.respond(None)
             return transaction
         if isinstance(event, MailFrom):
+            if (
+                self._guarded
+                and ctx.ledger is not None
+                and not ctx.ledger.count_message(self.client)
+            ):
+                conn.respond(Reply(450, "4.7.1", f"Error: too much mail from {self.client}"))
+                self._refused("message-rate")
+                return transaction
             self._smtputf8 = event.smtputf8
             conn.respond(None)
             transaction = MailTransaction()
@@ -162,7 +252,10 @@ class SmtpSession(Session):
                     lambda txn: resolve(txn, event.address, ctx.settings.recipient_delimiter)
                 )
             except Refused as refusal:
-                conn.respond(Reply(refusal.code, refusal.status, refusal.text))
+                reply = Reply(refusal.code, refusal.status, refusal.text)
+                if refusal.status == "5.1.1" and self._guarded and ctx.ledger is not None:
+                    reply = await self._unknown_recipient(conn, reply)
+                conn.respond(reply)
                 return transaction
             for account in route.accounts:
                 transaction.accounts.setdefault(account, event.address)
@@ -181,6 +274,19 @@ class SmtpSession(Session):
             conn.respond(None)
             return MailTransaction()
         raise RuntimeError(f"unexpected SMTP event {event!r}")
+
+    async def _unknown_recipient(self, conn: ServerConnection, reply: Reply) -> Reply:
+        """A dictionary attack is slowed down, then ended (ClientLedger)."""
+        ctx = self._context
+        counted = ctx.ledger.count_unknown_recipient(self.client)
+        if counted.refused:
+            self._refused("unknown-recipients", f" count={counted.count}")
+            return Reply(421, "4.7.0", f"{ctx.hostname} Error: too many unknown recipients")
+        if counted.delay:
+            # The replies so far go out first: each refusal is seen to take longer.
+            await self.write(conn.data_to_send())
+            await asyncio.sleep(counted.delay)
+        return reply
 
     async def _checked(
         self, conn: ServerConnection, body: bytes | bytearray, transaction, checker: Checker
@@ -216,7 +322,8 @@ class SmtpSession(Session):
         ctx = self._context
         queue_id = new_message_id()
         sender = conn.mail_from or ""
-        received = self._received_fields(conn, queue_id)
+        client_name = await self._client_name if self._client_name is not None else None
+        received = self._received_fields(conn, queue_id, client_name)
         return_path = f"Return-Path: <{sender}>\r\n".encode()
         local = [
             (account, return_path + head + received(rcpt))
@@ -255,7 +362,7 @@ class SmtpSession(Session):
     ) -> None:
         log.info(
             "smtp client=%s helo=%s from=<%s> to=%s size=%d result=%d status=%s id=%s"
-            " delivered=%d forwarded=%d",
+            " delivered=%d forwarded=%d helo_check=%s",
             self.client,
             conn.helo,
             conn.mail_from,
@@ -266,10 +373,12 @@ class SmtpSession(Session):
             queue_id,
             delivered,
             forwarded,
+            self._helo_check,
         )
 
-    def _received_fields(self, conn: ServerConnection, queue_id: str):
-        """A function giving the Received: field (RFC 5321 4.4) for one recipient."""
+    def _received_fields(self, conn: ServerConnection, queue_id: str, client_name: str | None):
+        """A function giving the Received: field (RFC 5321 4.4) for one recipient;
+        client_name is the client's FCrDNS-verified name, if it has one."""
         ctx = self._context
         # RFC 3848 protocol names; RFC 6531 4.3 for the UTF8 variants.
         protocol = "ESMTP" if self._esmtp else "SMTP"
@@ -284,9 +393,13 @@ class SmtpSession(Session):
         if ssl_object is not None:
             tls = f"\r\n\t(using {ssl_object.version()} with cipher {ssl_object.cipher()[0]})"
         date = email.utils.format_datetime(email.utils.localtime())
-        literal = f"IPv6:{self.client}" if ":" in self.client else self.client
+        tcp_info = f"[IPv6:{self.client}]" if ":" in self.client else f"[{self.client}]"
+        # RFC 5321 4.4's TCP-info: the name found by reverse lookup, when the
+        # forward lookup confirms it; "unknown" (as Postfix) when it does not.
+        if self._client_name is not None:
+            tcp_info = f"{client_name or 'unknown'} {tcp_info}"
         start = (
-            f"Received: from {conn.helo} ([{literal}])\r\n"
+            f"Received: from {conn.helo} ({tcp_info})\r\n"
             f"\tby {ctx.hostname} with {protocol} id {queue_id}{tls}"
         )
 
