@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
@@ -80,6 +81,11 @@ class SmtpSettings:
     # SPF, DKIM and DMARC on mail arriving on port 25, with their verdict in
     # an Authentication-Results field (DNS through [resolver]).
     checks: bool = True
+    # ARC sealers (RFC 8617) whose word the owner takes, by the d= of their
+    # ARC-Seal, e.g. ["lists.example.org"]: a message failing DMARC with an
+    # intact ARC chain last sealed by one of them is delivered, not refused
+    # (RFC 7489 7.2.1 trusted_forwarder). Empty: ARC is recorded, never trusted.
+    arc_trusted_sealers: tuple[str, ...] = ()
     # -- abuse of port 25 (the smtp listener; submission has AUTH instead) --
     # Seconds of silence before the greeting; a client that talks first is a
     # bot that does not wait for it, refused with 521 (Postfix postscreen's
@@ -118,6 +124,13 @@ class SmtpSettings:
     # One client's DNSBL and FCrDNS lookups take at most this (through
     # [resolver]); a DNSBL can hold the greeting back this long at most.
     client_lookup_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        # A string would be taken for a list of one-letter domains.
+        if isinstance(self.arc_trusted_sealers, str):
+            raise ValueError("smtp.arc_trusted_sealers: expected a list of domains")
+        sealers = tuple(str(d).strip().rstrip(".").lower() for d in self.arc_trusted_sealers)
+        object.__setattr__(self, "arc_trusted_sealers", sealers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +303,24 @@ class WebSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FilterSettings:
+    """The [filter] table: a spam filter asked about each message arriving on port 25."""
+
+    # rspamd's normal worker, e.g. "http://127.0.0.1:11333"; "": no filter.
+    rspamd: str = ""
+    # Seconds for rspamd's answer; past it the message is delivered marked
+    # unchecked. Above rspamd's own task_timeout (8 s), so a scan slowed by
+    # its DNS lookups still answers.
+    timeout: float = 12.0
+
+    def __post_init__(self) -> None:
+        if self.rspamd and not re.fullmatch(r"https?://[^/\s]+/?", self.rspamd):
+            raise ValueError(f"filter.rspamd: expected http://host:port, got {self.rspamd!r}")
+        if not self.timeout > 0:
+            raise ValueError("filter.timeout must be positive")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path
     hostname: str
@@ -304,6 +335,7 @@ class Settings:
     queue: QueueSettings = field(default_factory=QueueSettings)
     relay: RelaySettings | None = None
     web: WebSettings = field(default_factory=WebSettings)
+    filter: FilterSettings = field(default_factory=FilterSettings)
     tls_certificate: Path | None = None  # None: a self-signed one under data_dir/tls
     tls_key: Path | None = None
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
@@ -355,6 +387,7 @@ def load(data_dir: Path, dev: bool = False) -> Settings:
     resolver = _section(ResolverSettings, dict(document.pop("resolver", {})), "resolver")
     queue = _protocol_section(QueueSettings, ClientTimeouts, document, "queue", "timeouts")
     web = _section(WebSettings, dict(document.pop("web", {})), "web")
+    filter_ = _section(FilterSettings, dict(document.pop("filter", {})), "filter")
     relay_table = document.pop("relay", None)
     relay = None if relay_table is None else _section(RelaySettings, dict(relay_table), "relay")
     tls = dict(document.pop("tls", {}))
@@ -386,6 +419,7 @@ def load(data_dir: Path, dev: bool = False) -> Settings:
         queue=queue,
         relay=relay,
         web=web,
+        filter=filter_,
         tls_certificate=_data_path(data_dir, tls.pop("certificate", None)),
         tls_key=_data_path(data_dir, tls.pop("key", None)),
         shutdown_grace=shutdown_grace,

@@ -28,15 +28,28 @@ Decisions where RFC 7489 leaves room:
   reject becomes quarantine, quarantine becomes none (6.6.4);
 - temperror (the record lookup failed for now) applies nothing; the session
   may answer 451 4.7.5 (RFC 7372) and let the sender retry.
+
+3. `AggregateRecords(directory).add(...)`: what aggregate reports are made
+   of (RFC 7489 7.2), kept per day; `rows(day)` counts them into report
+   records. Sending reports is not done (RFC 7489 makes it optional).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import functools
+import json
+import logging
+import os
 import random
 import re
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from publicsuffixlist import PublicSuffixList
 
@@ -57,6 +70,12 @@ _POLICIES = (NONE, QUARANTINE, REJECT)
 
 RELAXED = "r"
 STRICT = "s"
+
+# RFC 7489 7.2.1 PolicyOverrideType: why a policy was not applied.
+SAMPLED_OUT = "sampled_out"
+TRUSTED_FORWARDER = "trusted_forwarder"
+
+log = logging.getLogger(__name__)
 
 
 class AuthorError(ValueError):
@@ -87,6 +106,9 @@ class DmarcResult:
     dkim_aligned: bool = False
     sampled_out: bool = False  # pct= left this message out: disposition one step down
     reason: str = ""
+    # An RFC 7489 7.2.1 PolicyOverrideType when a failing message's policy was
+    # set aside (TRUSTED_FORWARDER: a trusted ARC sealer vouched for it); reason says more.
+    override: str = ""
 
 
 # RFC5322.From
@@ -373,3 +395,166 @@ def _find_record(
         if len(records) > 1:
             return None  # step 5: several records, no DMARC processing
     return None
+
+
+# Aggregate report records (RFC 7489 7.2)
+#
+# One JSON line per message whose author domain publishes a policy, in one
+# file per UTC day under DATA/dmarc/. Appending a line is one write(2), safe
+# from several executor threads and from a crash (at worst the last line is
+# cut, and reading skips it); the counting into report records is done when
+# a report is read, not on the delivery path. Lines are not synced: a
+# power loss may lose the last seconds of counts, which a report survives.
+
+# Days of records kept: a report covers a day (RFC 7489 6.3 ri= defaults to
+# 86400 s); a month lets the owner look back before reports are sent.
+RECORD_DAYS = 31
+# A day's file stops growing here (some 80,000 messages): a flood of mail
+# must not fill the data partition with bookkeeping.
+MAX_RECORD_BYTES = 16 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateRow:
+    """One <record> of an aggregate report (RFC 7489 Appendix C): messages
+    that were evaluated alike, and how many."""
+
+    source_ip: str
+    header_from: str
+    envelope_from: str  # the MAIL FROM domain, "" for a null sender
+    policy_domain: str  # where the policy record was found
+    policy: str  # the p= or sp= that applied
+    disposition: str  # none / quarantine / reject, as applied
+    dkim: str  # policy_evaluated: pass if a DKIM pass was aligned, else fail
+    spf: str  # likewise for SPF
+    override: str  # a PolicyOverrideType, or ""
+    dkim_results: tuple[tuple[str, str, str], ...]  # (domain, selector, result) per signature
+    spf_result: tuple[str, str, str]  # (domain, scope mfrom/helo, result); empty if not checked
+    count: int = 1
+
+
+class AggregateRecords:
+    """The aggregate report records of a data directory, one file per day."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        keep_days: int = RECORD_DAYS,
+        max_bytes: int = MAX_RECORD_BYTES,
+    ) -> None:
+        self._directory = Path(directory)
+        self._keep_days = keep_days
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._day: datetime.date | None = None  # the day last written, to prune once a day
+        self._full_day: datetime.date | None = None  # the day whose file was found full
+
+    def path(self, day: datetime.date) -> Path:
+        return self._directory / f"{day.isoformat()}.jsonl"
+
+    def add(
+        self,
+        dmarc: DmarcResult,
+        source_ip: str,
+        spf: SpfResult | None,
+        dkim_results: Sequence[DkimResult],
+        *,
+        now: float | None = None,
+    ) -> None:
+        """Keep the evaluation of one message; nothing if its domain has no policy.
+        Never raises: bookkeeping must not cost a message."""
+        if not dmarc.record_domain or dmarc.result not in (PASS, FAIL):
+            return
+        line = json.dumps(_record(dmarc, source_ip, spf, dkim_results), separators=(",", ":"))
+        day = datetime.datetime.fromtimestamp(
+            time.time() if now is None else now, datetime.UTC
+        ).date()
+        try:
+            with self._lock:
+                if day != self._day:
+                    self._new_day(day)
+                self._append(day, line.encode("utf-8") + b"\n")
+        except OSError as error:
+            log.warning("dmarc records not written dir=%s error=%s", self._directory, error)
+
+    def rows(self, day: datetime.date) -> list[AggregateRow]:
+        """The day's records counted into report rows, the most frequent first."""
+        try:
+            text = self.path(day).read_text("utf-8", errors="replace")
+        except FileNotFoundError:
+            return []
+        counts: Counter[AggregateRow] = Counter()
+        for line in text.splitlines():
+            row = _row(line)
+            if row is not None:
+                counts[row] += 1
+        rows = [dataclasses.replace(row, count=count) for row, count in counts.items()]
+        return sorted(rows, key=lambda row: (-row.count, row.header_from, row.source_ip))
+
+    def _new_day(self, day: datetime.date) -> None:
+        self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        oldest = day - datetime.timedelta(days=self._keep_days)
+        for name in os.listdir(self._directory):
+            try:
+                file_day = datetime.date.fromisoformat(name.removesuffix(".jsonl"))
+            except ValueError:
+                continue  # not ours
+            if file_day < oldest:
+                (self._directory / name).unlink(missing_ok=True)
+        self._day = day
+
+    def _append(self, day: datetime.date, line: bytes) -> None:
+        fd = os.open(self.path(day), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size + len(line) > self._max_bytes:
+                if self._full_day != day:
+                    self._full_day = day
+                    log.warning("dmarc records full day=%s bytes=%d", day, self._max_bytes)
+                return
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+
+def _record(
+    dmarc: DmarcResult, source_ip: str, spf: SpfResult | None, dkim_results: Sequence[DkimResult]
+) -> dict:
+    spf_result = []
+    if spf is not None:
+        scope = "helo" if spf.identity == "helo" else "mfrom"  # RFC 7489 SPFDomainScope
+        spf_result = [spf.domain, scope, spf.result]
+    return {
+        "ip": source_ip,
+        "from": dmarc.from_domain,
+        "envelope_from": spf.domain if spf is not None and spf.identity != "helo" else "",
+        "policy_domain": dmarc.record_domain,
+        "p": dmarc.policy,
+        "disposition": dmarc.disposition,
+        "dkim": PASS if dmarc.dkim_aligned else FAIL,
+        "spf": PASS if dmarc.spf_aligned else FAIL,
+        "override": dmarc.override or (SAMPLED_OUT if dmarc.sampled_out else ""),
+        "dkim_results": [[r.domain, r.selector, r.result] for r in dkim_results],
+        "spf_result": spf_result,
+    }
+
+
+def _row(line: str) -> AggregateRow | None:
+    """A record line as a row of count 1; None for a line cut short or not ours."""
+    try:
+        value = json.loads(line)
+        return AggregateRow(
+            source_ip=str(value["ip"]),
+            header_from=str(value["from"]),
+            envelope_from=str(value["envelope_from"]),
+            policy_domain=str(value["policy_domain"]),
+            policy=str(value["p"]),
+            disposition=str(value["disposition"]),
+            dkim=str(value["dkim"]),
+            spf=str(value["spf"]),
+            override=str(value["override"]),
+            dkim_results=tuple(tuple(str(x) for x in r) for r in value["dkim_results"]),
+            spf_result=tuple(str(x) for x in value["spf_result"]),
+        )
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -1,16 +1,21 @@
 """The Authentication-Results header field (RFC 8601), and finding fields in a header section.
 
-`authentication_results(authserv_id, spf, dkim_results, dmarc)` builds the
-field this box prepends to an inbound message: one resinfo per method (spf,
-then each DKIM signature, then dmarc), folded at 78 octets, ending in CRLF:
+`authentication_results(authserv_id, spf, dkim_results, dmarc, arc)` builds
+the field this box prepends to an inbound message: one resinfo per method
+(spf, then each DKIM signature, then arc, then dmarc), folded at 78 octets,
+ending in CRLF:
 
     Authentication-Results: mx.example.com;
      spf=pass smtp.mailfrom=example.org;
      dkim=pass header.d=example.org header.s=a2026r header.a=rsa-sha256;
+     arc=none;
      dmarc=pass (p=reject dis=none) header.from=example.org
 
-A method that was not run is left out (spf None, dmarc None); DKIM is
-always run, so a message without a signature says dkim=none.
+A method that was not run is left out (spf None, arc None, dmarc None);
+DKIM is always run, so a message without a signature says dkim=none. The
+arc resinfo carries the properties RFC 8617 6 registers (header.oldest-pass,
+smtp.remote-ip); a DMARC policy set aside for a trusted ARC sealer says so
+in the dmarc resinfo's comment.
 
 `our_results_ranges(message, authserv_id)` gives the (start, end) octet
 ranges of the Authentication-Results fields that claim to be ours: RFC 8601
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from appliance.mailauth.arc import ArcResult
     from appliance.mailauth.dmarc import DmarcResult
     from appliance.mailauth.spf import SpfResult
     from appliance.mailauth.verify import DkimResult
@@ -169,12 +175,15 @@ def authentication_results(
     spf: SpfResult | None,
     dkim_results: Sequence[DkimResult],
     dmarc: DmarcResult | None,
+    arc: ArcResult | None = None,
+    remote_ip: str = "",
 ) -> bytes:
     """The Authentication-Results field, folded, ending in CRLF.
 
     spf None: SPF was not checked (no spf resinfo). dkim_results empty:
     dkim=none (the message has no signature; verifying is always done).
-    dmarc None: DMARC was not evaluated (no dmarc resinfo).
+    dmarc None: DMARC was not evaluated (no dmarc resinfo); arc None: ARC
+    was not (no arc resinfo). remote_ip: the SMTP client, "" if unknown.
     """
     resinfos = []
     if spf is not None:
@@ -183,6 +192,8 @@ def authentication_results(
         resinfos.extend(_dkim_resinfo(result) for result in dkim_results)
     else:
         resinfos.append(["dkim=none"])
+    if arc is not None:
+        resinfos.append(_arc_resinfo(arc, remote_ip))
     if dmarc is not None:
         resinfos.append(_dmarc_resinfo(dmarc))
     return _fold([_value(authserv_id)], resinfos)
@@ -214,9 +225,32 @@ def _dmarc_resinfo(dmarc: DmarcResult) -> list[str]:
     words = [f"dmarc={_result_word(dmarc.result)}"]
     if dmarc.policy:
         # A comment, as the big receivers write it; RFC 8601 has no ptype for these.
-        words.append(f"(p={dmarc.policy} dis={dmarc.disposition})")
+        override = f"; {dmarc.reason}" if dmarc.override else ""
+        words.append(_comment(f"p={dmarc.policy} dis={dmarc.disposition}{override}"))
     words.append(f"header.from={_value(dmarc.from_domain or 'unknown')}")
     return words
+
+
+def _arc_resinfo(arc: ArcResult, remote_ip: str) -> list[str]:
+    """RFC 8617 6: the chain's status, the newest set and its sealer in a
+    comment, and the registered properties header.oldest-pass and smtp.remote-ip."""
+    words = [f"arc={_result_word(arc.result)}"]
+    if arc.reason and not arc.passed:
+        words.append(f"reason={_quoted(arc.reason)}")
+    if arc.instance:
+        words.append(_comment(f"i={arc.instance} d={arc.sealer or 'unknown'}"))
+    if arc.passed:
+        words.append(f"header.oldest-pass={arc.oldest_pass}")
+    if remote_ip and arc.result != "none":
+        words.append(f"smtp.remote-ip={_value(remote_ip)}")
+    return words
+
+
+def _comment(text: str) -> str:
+    """An RFC 5322 3.2.2 comment of text that may come from a message (a
+    sealer's d=): parentheses and backslashes, which would end or escape it,
+    and control characters are replaced."""
+    return "(" + re.sub(r"[()\\\x00-\x1f\x7f]", " ", text) + ")"
 
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")  # RFC 2045 token, no tspecials
