@@ -22,18 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from appliance.message import structure
-from appliance.message.structure import Ranges, Structure
-
-
-def load_structure(info: object, body: bytes | memoryview) -> Structure:
-    """The body's structure from its stored record; analyzed here only for a
-    body stored without one (or with a record of an older layout)."""
-    if info is not None:
-        try:
-            return Structure.from_record(info)
-        except structure.RecordError:
-            pass
-    return structure.analyze(body)
+from appliance.message.structure import Ranges, Structure, load_structure
 
 
 @dataclass(frozen=True, slots=True)

@@ -1255,10 +1255,5 @@ def _authors(txn, mailbox_id: int, uids: list[int]) -> list[str]:
             envelope = structure.Structure.from_record(record).root.envelope
         except structure.RecordError:
             continue
-        for address in envelope.from_ if envelope else ():
-            if address.mailbox and address.host:
-                found.append(
-                    f"{address.mailbox.decode(errors='replace')}@"
-                    f"{address.host.decode(errors='replace')}"
-                )
+        found += structure.author_addresses(envelope)
     return found

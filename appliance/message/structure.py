@@ -260,6 +260,27 @@ def analyze(message: bytes | memoryview, limits: StructureLimits = StructureLimi
     return Structure(_Analyzer(memoryview(message).cast("B"), limits).root())
 
 
+def load_structure(info: object, body: bytes | memoryview) -> Structure:
+    """The body's structure from its stored record (the store's blob_info);
+    analyzed here only for a body stored without one (or with a record of
+    an older layout)."""
+    if info is not None:
+        try:
+            return Structure.from_record(info)
+        except RecordError:
+            pass
+    return analyze(body)
+
+
+def author_addresses(envelope: Envelope | None) -> list[str]:
+    """The From addresses (local@host) of an envelope, for lists of senders."""
+    return [
+        f"{address.mailbox.decode(errors='replace')}@{address.host.decode(errors='replace')}"
+        for address in (envelope.from_ if envelope else ())
+        if address.mailbox and address.host
+    ]
+
+
 class _Hit(NamedTuple):
     """A boundary delimiter line (RFC 2046 5.1.1) of an open multipart."""
 

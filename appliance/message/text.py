@@ -231,6 +231,51 @@ def text_contains(message: bytes | memoryview, structure: Structure, needle: str
 
 
 # ---------------------------------------------------------------------------
+# The same decoding for people reading the message (webmail)
+
+
+def decode_header(raw: bytes) -> str:
+    """A header field's value (or an ENVELOPE string) as a person reads it:
+    unfolded, RFC 2047 words decoded as SEARCH decodes them."""
+    return _decode_header(_unfold(raw))
+
+
+def parameter_text(parameters: tuple[tuple[str, bytes], ...], name: str) -> str | None:
+    """A MIME parameter's value (a filename) as a person reads it, or None.
+
+    An RFC 2231 value (name*, its sections already joined by analyze()) is
+    percent-decoded in its charset; a plain value may hold RFC 2047 words,
+    which RFC 2047 5 forbids there but mailers write, so they are decoded too.
+    """
+    name = name.lower()
+    values = {key.lower(): value for key, value in parameters}
+    extended = values.get(name + "*")
+    if extended is not None:
+        charset, _, rest = extended.partition(b"'")
+        _language, _, encoded = rest.partition(b"'")
+        octets = re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes([int(m[1], 16)]), encoded)
+        return _decode(octets, _codec_for(charset) or _FALLBACK_CODEC)
+    plain = values.get(name)
+    return None if plain is None else _decode_header(plain)
+
+
+def part_text(message: bytes | memoryview, part: Part, limit: int) -> tuple[str, bool]:
+    """The text of a leaf part as a person reads it: its transfer encoding
+    undone and its charset applied, as BODY searches it. At most about
+    `limit` decoded octets, and whether the part holds more."""
+    buf = _view(message)
+    encoding = (part.encoding or "7bit").lower()
+    pieces, size, more = [], 0, False
+    for piece in _transfer_decoded(buf, part.body_start, part.body_end, encoding):
+        if size >= limit:
+            more = True
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return "".join(_text_chunks(iter(pieces), _part_codec(part))), more
+
+
+# ---------------------------------------------------------------------------
 # Walking the structure
 
 
