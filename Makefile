@@ -38,6 +38,28 @@ bench: $(VENV)/.installed  ## side by side with Postfix and Dovecot; see bench/R
 	$(BIN)/python bench/imap
 	$(BIN)/python bench/smtp_outbound
 
+# `make bundle BOARD=x86_64 BUNDLE_KEY=path`: dist/appliance-VERSION-BOARD.bundle, the
+# board's root image and boot files signed with the Ed25519 key at BUNDLE_KEY (made
+# once by `appliance update keygen`; it never enters the repository, and boxes trust
+# its .pub half). The files are those of the newest image `make image` built (its
+# cache folder under dist/build/), or those BUNDLE_ROOTFS and BUNDLE_BOOT_FILES name.
+BOARD ?= x86_64
+BUNDLE_VERSION ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' appliance/__init__.py)
+BUNDLE_MIN_VERSION ?= 0
+BUNDLE_DIR ?= dist
+BUNDLE_IMAGE_DIR ?= $(shell ls -td dist/build/image-$(BOARD)-*/ 2>/dev/null | grep -v '\.tmp/$$' | head -n 1)
+BUNDLE_ROOTFS ?= $(BUNDLE_IMAGE_DIR)root.squashfs
+BUNDLE_BOOT_FILES ?= $(BUNDLE_IMAGE_DIR)vmlinuz $(BUNDLE_IMAGE_DIR)initrd.img
+.PHONY: bundle
+bundle: $(VENV)/.installed
+	@test -n "$(BUNDLE_KEY)" || { echo "make bundle: BUNDLE_KEY=path of the signing key"; exit 1; }
+	@test -f "$(BUNDLE_ROOTFS)" || { echo "make bundle: no $(BUNDLE_ROOTFS) (make image first)"; exit 1; }
+	@mkdir -p "$(BUNDLE_DIR)"
+	$(BIN)/appliance update sign --key "$(BUNDLE_KEY)" --board "$(BOARD)" \
+		--bundle-version "$(BUNDLE_VERSION)" --min-version "$(BUNDLE_MIN_VERSION)" \
+		$(foreach file,$(BUNDLE_BOOT_FILES),--boot-file "$(file)") \
+		--out "$(BUNDLE_DIR)/appliance-$(BUNDLE_VERSION)-$(BOARD).bundle" "$(BUNDLE_ROOTFS)"
+
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
 		$(MAKE) --no-print-directory debian-packages PACKAGES="python3-venv python3-pip"

@@ -84,6 +84,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=int, nargs="?")
     p.set_defaults(run=_queue_retry)
 
+    update = commands.add_parser("update", help="signed system updates").add_subparsers(
+        dest="action", required=True, parser_class=_Parser
+    )
+    p = update.add_parser("install", help="install a bundle into the other slot, boot it next")
+    p.add_argument("source", metavar="FILE|URL")
+    p.set_defaults(run=_update_install)
+    p = update.add_parser("status", help="the running slot, the last update, a rollback")
+    p.set_defaults(run=_update_status)
+    p = update.add_parser("keygen", help="make a signing key pair (KEY and KEY.pub)")
+    p.add_argument("key", metavar="KEY")
+    p.set_defaults(run=_update_keygen)
+    p = update.add_parser("sign", help="make a bundle of a root image and its boot files")
+    p.add_argument("rootfs", metavar="ROOT_IMAGE")
+    p.add_argument("--key", required=True, help="the Ed25519 private key (PEM)")
+    p.add_argument("--out", required=True, metavar="BUNDLE")
+    p.add_argument("--board", required=True)
+    p.add_argument("--bundle-version", default=__version__, metavar="VERSION")
+    p.add_argument("--min-version", default="0", metavar="VERSION")
+    p.add_argument("--product", default="appliance")
+    p.add_argument("--boot-file", action="append", default=[], metavar="FILE")
+    p.add_argument("--add-key", action="append", default=[], metavar="PUBLIC_KEY")
+    p.add_argument("--revoke-key", action="append", default=[], metavar="KEY_ID")
+    p.set_defaults(run=_update_sign)
+
     user = commands.add_parser("user", help="manage accounts").add_subparsers(
         dest="action", required=True, parser_class=_Parser
     )
@@ -323,6 +347,86 @@ def _queue_bounce(args) -> int:
     hostname = config.load(data_dir).hostname
     item = _store_apply(args, lambda txn: bounce_now(txn, args.id, hostname, time.time()))
     print(f"bounced queued message {item.id}; <{item.sender or ''}> is told")
+    return 0
+
+
+def _update_install(args) -> int:
+    from pathlib import Path
+
+    from appliance.update import install
+    from appliance.update.bundle import BundleError
+    from appliance.update.keys import KeyringError
+
+    settings = config.load(config.data_dir_from(args.data))
+    update = settings.update
+    if "://" in args.source:
+        chunks = install.url_chunks(args.source, update.chunk_size, update.download_timeout)
+    else:
+        chunks = install.file_chunks(Path(args.source), update.chunk_size)
+    try:
+        done = install.install(update, settings.data_dir, chunks)
+    except (BundleError, install.InstallError, KeyringError) as refusal:
+        raise UsageError(f"update refused: {refusal}") from None
+    print(
+        f"installed {done.version} into slot {done.slot}: it starts at the next reboot, "
+        f"and after {update.tries} failed boots the box goes back to {__version__}"
+    )
+    return 0
+
+
+def _update_status(args) -> int:
+    from appliance.update import install
+
+    settings = config.load(config.data_dir_from(args.data))
+    found = install.status(settings.update, settings.data_dir)
+    print(f"running: {found.running_version} from slot {found.running_slot or '?'}")
+    print(f"highest version installed: {found.highest_version}")
+    for slot, entry in sorted(found.entries.items()):
+        tries = "good" if entry.tries_left is None else f"{entry.tries_left} tries left"
+        print(f"slot {slot}: {entry.path.name} ({tries})")
+    print(found.summary)
+    return 0
+
+
+def _update_keygen(args) -> int:
+    from pathlib import Path
+
+    from appliance.update import keys
+
+    key_id = keys.generate(Path(args.key))
+    print(f"key {key_id}: keep {args.key} off the box and out of the repository;")
+    print(f"boxes trust it once {keys.public_path(Path(args.key))} is in their keyring")
+    return 0
+
+
+def _update_sign(args) -> int:
+    import os
+    from pathlib import Path
+
+    from appliance.update import bundle, keys
+
+    files = [Path(args.rootfs), *map(Path, args.boot_file)]
+    names = [bundle.ROOTFS, *(path.name for path in files[1:])]
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")  # reproducible builds stamp their commit time
+    try:
+        key = keys.load_private(Path(args.key))
+        manifest = bundle.Manifest(
+            product=args.product,
+            board=args.board,
+            version=args.bundle_version,
+            min_version=args.min_version,
+            build_date=bundle.build_date(float(epoch) if epoch else None),
+            parts=tuple(bundle.describe_file(n, p) for n, p in zip(names, files, strict=True)),
+            rotation=keys.Rotation(
+                add=tuple(keys.load_public(Path(p)) for p in args.add_key),
+                revoke=tuple(args.revoke_key),
+            ),
+        )
+    except ValueError as problem:  # a bad key file, version or file name
+        raise UsageError(str(problem)) from None
+    bundle.write_bundle(Path(args.out), manifest, key, files)
+    signer = keys.key_id(key.public_key())
+    print(f"{args.out}: {manifest.version} for {manifest.board}, signed by key {signer}")
     return 0
 
 

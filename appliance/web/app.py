@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from appliance.web import account, admin, setup, wellknown
+from appliance.web import account, admin, mail_compose, setup, update_page, wellknown
 from appliance.web.auth import COOKIE
 from appliance.web.pages import (
     CONTEXT,
@@ -49,7 +49,7 @@ def make_app(web_context: WebContext) -> web.Application:
         client_max_size=web_context.settings.web.max_request_size,
     )
     app[CONTEXT] = web_context
-    for module in (setup, account, admin, wellknown):
+    for module in (setup, account, admin, update_page, wellknown, mail_compose):
         module.add_routes(app)
     app.router.add_static("/static/", STATIC)
     app.on_response_prepare.append(_security_headers)

@@ -1,0 +1,81 @@
+"""The [update] table of appliance.toml: where the slots, the ESP and the keys are.
+
+The defaults are the image's layout (image/build.py, DESIGN.md "The image"):
+two root partitions labelled root-a and root-b, systemd-boot on the EFI
+system partition mounted at /efi, one loader entry per slot (slot-a.conf,
+slot-b+3.conf) booting /slot-X/vmlinuz with root=PARTLABEL=root-X. A box
+needs no [update] table; tests point these at files and a directory instead.
+
+Kept free of the update code's own imports (cryptography), because
+appliance.config reads every table when any command starts.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The boards the image is built for, by what the kernel calls the machine.
+_BOARD_OF_MACHINE = {"x86_64": "x86_64", "aarch64": "arm64"}
+# How the kernel's root= names a device that udev links under /dev/disk.
+_ROOT_SPELLINGS = {"/dev/disk/by-partlabel/": "PARTLABEL=", "/dev/disk/by-partuuid/": "PARTUUID="}
+
+
+def _default_board() -> str:
+    return _BOARD_OF_MACHINE.get(platform.machine(), platform.machine())
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateSettings:
+    product: str = "appliance"
+    board: str = field(default_factory=_default_board)
+    # The root slots' block devices (in tests, files of a fixed size).
+    slot_a: str = "/dev/disk/by-partlabel/root-a"
+    slot_b: str = "/dev/disk/by-partlabel/root-b"
+    esp: Path = Path("/efi")  # the EFI system partition, mounted read-write
+    entries: str = "loader/entries"  # under esp
+    # Where the running slot is read from: the kernel's command line, whose
+    # root= the slot's loader entry sets.
+    cmdline: Path = Path("/proc/cmdline")
+    # Tries systemd-boot gives a new slot before it falls back (the +3 of
+    # slot-b+3.conf): one failed boot can be bad luck, three are not.
+    tries: int = 3
+    # Directory of trusted public keys (*.pub, PEM); None: the keys shipped
+    # in the package (appliance/update/keys/).
+    keyring: Path | None = None
+    # Bytes read, hashed and written at a time: large enough that a thread
+    # hop per piece costs nothing, small enough to keep memory flat.
+    chunk_size: int = 1 << 20
+    # A download from a URL: seconds allowed between two pieces arriving.
+    download_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "esp", Path(self.esp))
+        object.__setattr__(self, "cmdline", Path(self.cmdline))
+        if self.keyring is not None:
+            object.__setattr__(self, "keyring", Path(self.keyring))
+        if not 1 <= self.tries <= 9:
+            raise ValueError("update.tries: 1 to 9 boot tries")
+        if self.chunk_size < 4096 or self.download_timeout <= 0:
+            raise ValueError("update: chunk_size of at least 4096, a positive download_timeout")
+
+    @property
+    def slots(self) -> dict[str, str]:
+        """Slot name -> device; the name is what loader entries (slot-a.conf) say."""
+        return {"a": self.slot_a, "b": self.slot_b}
+
+    def root_argument(self, slot: str) -> str:
+        """The kernel's root= for a slot: PARTLABEL=root-b for /dev/disk/by-partlabel/root-b."""
+        device = self.slots[slot]
+        for directory, spelling in _ROOT_SPELLINGS.items():
+            if device.startswith(directory):
+                return spelling + device.removeprefix(directory)
+        return device
+
+    def slot_of_root(self, argument: str) -> str | None:
+        """Which slot a kernel root= value names, if any."""
+        return next((s for s in self.slots if self.root_argument(s) == argument), None)
+
+    def entries_dir(self) -> Path:
+        return self.esp / self.entries

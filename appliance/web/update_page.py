@@ -1,0 +1,159 @@
+"""The administrator's update page: upload a signed bundle, see what became of it.
+
+The bundle goes from the request into the inactive slot piece by piece
+(aiohttp's multipart reader), verified and hashed on the way by
+appliance.update: never whole in memory, never on /data. The form sends
+its CSRF token as the first field, before the file, and this handler checks
+it before it reads a byte of the bundle: app.py's CSRF rule cannot read the
+form first without taking the whole upload in (STREAMED_UPLOADS).
+
+While an install runs, the page shows how far it got and reloads itself
+(the Refresh header: no script needed); afterwards it shows the result,
+which is also kept on /data for `appliance update status`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from aiohttp import BodyPartReader, web
+
+from appliance.web.pages import (
+    audit,
+    context,
+    notice,
+    redirect,
+    render,
+    require_admin,
+    session,
+)
+
+if TYPE_CHECKING:
+    from appliance.update import install
+
+UPLOAD_PATH = "/admin/update"
+# POSTs whose handler checks the form's CSRF token itself, from the first
+# form field, because the rest of the body is too large to read up front.
+STREAMED_UPLOADS = frozenset({UPLOAD_PATH})
+# A CSRF token is 43 characters; a first field longer than this is not one.
+TOKEN_FIELD_LIMIT = 256
+# Pieces in which the rest of a refused upload is read and dropped.
+DISCARD_CHUNK = 1 << 20
+# Seconds between reloads of the page while an install runs.
+PROGRESS_REFRESH = 3
+
+
+@dataclass(slots=True)
+class Progress:
+    """The install under way (one at a time: install.py holds a lock)."""
+
+    installation: install.Installation | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.installation is not None
+
+
+PROGRESS = web.AppKey("update_progress", Progress)
+
+
+def add_routes(app: web.Application) -> None:
+    app[PROGRESS] = Progress()
+    app.router.add_get(UPLOAD_PATH, update_page)
+    app.router.add_post(UPLOAD_PATH, upload_bundle)
+
+
+async def update_page(request: web.Request) -> web.Response:
+    from appliance.update import install  # cryptography loads when an admin asks, not at start
+
+    require_admin(request)
+    ctx = context(request)
+    found = install.status(ctx.settings.update, ctx.data_dir)
+    progress = request.app[PROGRESS]
+    last = found.last
+    response = render(
+        request,
+        "admin/update.html",
+        update=found,
+        last=last,
+        last_time=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last["time"])) if last else "",
+        progress=progress.installation,
+        tries=ctx.settings.update.tries,
+    )
+    if progress.running:
+        response.headers["Refresh"] = str(PROGRESS_REFRESH)
+    return response
+
+
+async def upload_bundle(request: web.Request) -> web.Response:
+    from appliance.update.bundle import BundleError
+    from appliance.update.install import InstallError
+    from appliance.update.keys import KeyringError
+
+    require_admin(request)
+    ctx = context(request)
+    if request.content_type != "multipart/form-data":
+        raise web.HTTPBadRequest(text="Send the bundle with the update page's form.")
+    form = await request.multipart()
+    await _check_token(request, await form.next())
+    bundle = await form.next()
+    if not isinstance(bundle, BodyPartReader) or bundle.name != "bundle" or not bundle.filename:
+        notice(request, "Not installed: choose a bundle file.")
+        raise redirect(UPLOAD_PATH)
+    try:
+        installed = await _install(request, bundle)
+    except (BundleError, InstallError, KeyringError, OSError) as refusal:
+        await _discard_rest(bundle)
+        audit(request, action="update.refused", file=bundle.filename, reason=str(refusal))
+        notice(request, f"Not installed: {refusal}")
+    else:
+        audit(request, action="update.install", version=installed.version, slot=installed.slot)
+        notice(
+            request,
+            f"Installed {installed.version} into slot {installed.slot}. It starts at the next "
+            f"reboot; if it fails its health check {ctx.settings.update.tries} times, the box "
+            "goes back to the version running now.",
+        )
+    raise redirect(UPLOAD_PATH)
+
+
+async def _check_token(request: web.Request, field) -> None:
+    """The form's first field must be its CSRF token, as app.py checks other forms."""
+    token = b""
+    if isinstance(field, BodyPartReader) and field.name == "csrf":
+        while chunk := await field.read_chunk(TOKEN_FIELD_LIMIT):
+            token += chunk
+            if len(token) > TOKEN_FIELD_LIMIT:
+                break
+    current = session(request)
+    text = token.decode("ascii", "replace")
+    if current is None or len(token) > TOKEN_FIELD_LIMIT or not current.csrf_matches(text):
+        raise web.HTTPForbidden(text="This form has expired; reload the page and try again.")
+
+
+async def _discard_rest(bundle: BodyPartReader) -> None:
+    """Read what the browser still sends of a refused bundle, so that it gets
+    the page saying why rather than a connection closed in its face."""
+    while await bundle.read_chunk(DISCARD_CHUNK):
+        pass
+
+
+async def _install(request: web.Request, bundle: BodyPartReader) -> install.Installed:
+    """Each piece of the upload into the installer, whose writes run off the loop."""
+    from appliance.update import install
+
+    ctx = context(request)
+    settings = ctx.settings.update
+    loop = asyncio.get_running_loop()
+    progress = request.app[PROGRESS]
+    with install.Installation(settings, ctx.data_dir) as installation:
+        progress.installation = installation
+        try:
+            while chunk := await bundle.read_chunk(settings.chunk_size):
+                await loop.run_in_executor(None, installation.feed, chunk)
+            return await loop.run_in_executor(None, installation.finish)
+        finally:
+            progress.installation = None
