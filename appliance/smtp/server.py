@@ -291,21 +291,28 @@ class SmtpSession(Session):
     async def _checked(
         self, conn: ServerConnection, body: bytes | bytearray, transaction, checker: Checker
     ) -> Reply:
-        """Deliver after SPF, DKIM and DMARC: refused (550 5.7.1) when the
-        author's domain asks for it, to Junk when it asks for quarantine."""
+        """Deliver after SPF, DKIM, ARC, DMARC and the spam filter: refused
+        (550 5.7.1) or deferred (451 4.7.1) when they say so, to Junk when
+        they ask for quarantine."""
         spf = await transaction.spf if transaction.spf is not None else None
-        loop = asyncio.get_running_loop()
-        verdict = await loop.run_in_executor(None, checker.verdict, body, spf)
-        if verdict.refused:
-            reply = Reply(550, "5.7.1", f"Message rejected: {verdict.reason}")
+        client_name = await self._client_name if self._client_name is not None else None
+        verdict = await checker.check(
+            body,
+            spf,
+            client_ip=self.client,
+            helo=conn.helo or "",
+            sender=conn.mail_from or "",
+            recipients=conn.recipients,
+            client_name=client_name or "",
+        )
+        if verdict.refusal is not None:
+            reply = Reply(*verdict.refusal)
             self._log_transaction(conn, len(body), reply, "-", 0, 0)
             return reply
         if verdict.forged:
             body = b"".join(without_ranges(body, verdict.forged))
         mailbox = "Junk" if verdict.quarantined else "INBOX"
-        return await self.deliver(
-            conn, body, transaction, head=verdict.results_field, mailbox=mailbox
-        )
+        return await self.deliver(conn, body, transaction, head=verdict.head, mailbox=mailbox)
 
     async def deliver(
         self,
