@@ -13,16 +13,25 @@ TEST_PACKAGES := swaks openssl fetchmail mpop curl isync dovecot-core dovecot-im
 NPM_PREFIX := .cache/npm
 AXE_CORE := $(NPM_PREFIX)/node_modules/axe-core/axe.min.js
 # The benchmarks are scripts without a .py suffix, which ruff finds only by name.
-BENCH_SCRIPTS := bench/smtp_inbound bench/pop3 bench/imap bench/smtp_outbound
+BENCH_SCRIPTS := bench/smtp_inbound bench/pop3 bench/imap bench/smtp_outbound bench/image
 BENCH_PACKAGES := postfix dovecot-core dovecot-lmtpd dovecot-pop3d dovecot-imapd
 
-.PHONY: run test lint bench dist-clean
+# The bootable image (image/build.py) and its tests in qemu (tests/image):
+# mmdebstrap, the file system and partition tools, qemu with UEFI firmware for
+# both boards, and qemu-user + binfmt to run arm64 maintainer scripts.
+IMAGE_PACKAGES := mmdebstrap squashfs-tools dosfstools mtools fdisk e2fsprogs zstd xz-utils \
+	qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64 qemu-user-static binfmt-support
+# Builds the single-file service (dist/appliance-VERSION-ARCH.pyz); pinned so
+# that two builds of one commit are the same file.
+SHIV := shiv==1.0.8
+
+.PHONY: run test lint bench dist-clean dist image
 
 run: $(VENV)/.installed
 	$(BIN)/appliance --data $(DATA) serve --dev
 
-test: $(VENV)/.installed $(AXE_CORE)
-	@$(MAKE) --no-print-directory debian-packages PACKAGES="$(TEST_PACKAGES)"
+test: $(VENV)/.installed $(AXE_CORE) $(BIN)/shiv
+	@$(MAKE) --no-print-directory debian-packages PACKAGES="$(TEST_PACKAGES) $(IMAGE_PACKAGES)"
 	$(BIN)/ruff check appliance tests bench $(BENCH_SCRIPTS)
 	$(BIN)/ruff format --check appliance tests bench $(BENCH_SCRIPTS)
 	$(BIN)/pytest -q
@@ -37,6 +46,19 @@ bench: $(VENV)/.installed  ## side by side with Postfix and Dovecot; see bench/R
 	$(BIN)/python bench/pop3
 	$(BIN)/python bench/imap
 	$(BIN)/python bench/smtp_outbound
+	$(BIN)/python bench/image
+
+# dist/appliance-VERSION-ARCH.pyz for x86_64 and aarch64 (image/dist.py).
+dist: $(VENV)/.installed $(BIN)/shiv
+	$(BIN)/python image/dist.py
+
+# dist/appliance-VERSION-BOARD.img: BOARD=x86_64 or BOARD=arm64 (needs root).
+image: dist
+	@$(MAKE) --no-print-directory debian-packages PACKAGES="$(IMAGE_PACKAGES)"
+	$(BIN)/python image/build.py --board $(BOARD)
+
+$(BIN)/shiv: $(VENV)/.installed
+	$(BIN)/pip install --quiet '$(SHIV)'
 
 # `make bundle BOARD=x86_64 BUNDLE_KEY=path`: dist/appliance-VERSION-BOARD.bundle, the
 # board's root image and boot files signed with the Ed25519 key at BUNDLE_KEY (made
