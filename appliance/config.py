@@ -22,6 +22,7 @@ from appliance.pop3.protocol import Limits as Pop3Limits
 from appliance.smtp.client import Timeouts as ClientTimeouts
 from appliance.smtp.protocol import Limits
 from appliance.store import StoreSettings
+from appliance.update.settings import UpdateSettings
 
 CONFIG_NAME = "appliance.toml"
 DEFAULT_DATA_DIR = "./var"
@@ -335,6 +336,7 @@ class Settings:
     queue: QueueSettings = field(default_factory=QueueSettings)
     relay: RelaySettings | None = None
     web: WebSettings = field(default_factory=WebSettings)
+    update: UpdateSettings = field(default_factory=UpdateSettings)
     filter: FilterSettings = field(default_factory=FilterSettings)
     tls_certificate: Path | None = None  # None: a self-signed one under data_dir/tls
     tls_key: Path | None = None
@@ -387,6 +389,7 @@ def load(data_dir: Path, dev: bool = False) -> Settings:
     resolver = _section(ResolverSettings, dict(document.pop("resolver", {})), "resolver")
     queue = _protocol_section(QueueSettings, ClientTimeouts, document, "queue", "timeouts")
     web = _section(WebSettings, dict(document.pop("web", {})), "web")
+    update = _section(UpdateSettings, dict(document.pop("update", {})), "update")
     filter_ = _section(FilterSettings, dict(document.pop("filter", {})), "filter")
     relay_table = document.pop("relay", None)
     relay = None if relay_table is None else _section(RelaySettings, dict(relay_table), "relay")
@@ -419,6 +422,7 @@ def load(data_dir: Path, dev: bool = False) -> Settings:
         queue=queue,
         relay=relay,
         web=web,
+        update=update,
         filter=filter_,
         tls_certificate=_data_path(data_dir, tls.pop("certificate", None)),
         tls_key=_data_path(data_dir, tls.pop("key", None)),

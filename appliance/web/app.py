@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from appliance.web import account, admin, mail_compose, setup, update_page, wellknown
+from appliance.web import account, admin, mail, mail_compose, setup, update_page, wellknown
 from appliance.web.auth import COOKIE
 from appliance.web.pages import (
     CONTEXT,
@@ -49,7 +49,7 @@ def make_app(web_context: WebContext) -> web.Application:
         client_max_size=web_context.settings.web.max_request_size,
     )
     app[CONTEXT] = web_context
-    for module in (setup, account, admin, update_page, wellknown, mail_compose):
+    for module in (setup, account, admin, update_page, wellknown, mail_compose, mail):
         module.add_routes(app)
     app.router.add_static("/static/", STATIC)
     app.on_response_prepare.append(_security_headers)
@@ -100,6 +100,8 @@ async def _csrf(request: web.Request, handler):
     if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
         raise web.HTTPForbidden(text="Cross-site request refused.")
     current = request.get(SESSION)
+    if request.path in update_page.STREAMED_UPLOADS:
+        return await handler(request)  # the handler checks the token, its form's first field
     form = await request.post()
     token = form.get("csrf")
     if current is None or not isinstance(token, str) or not current.csrf_matches(token):
