@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA ?= var
 # Debian packages the tests drive as real clients and peers.
 TEST_PACKAGES := swaks openssl fetchmail mpop curl isync dovecot-core dovecot-imapd opendkim-tools postfix \
-	chromium
+	chromium rspamd
 # axe-core checks the web pages for accessibility inside the browser tests; it is
 # published on the npm registry only. Major version pinned: its rule ids are what
 # the tests name. The folder is git-ignored.
