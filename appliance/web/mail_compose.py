@@ -23,7 +23,6 @@ restarts and need no storage of their own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.errors
 import email.policy
 import email.utils
@@ -33,7 +32,6 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.generator import BytesGenerator
-from email.header import decode_header, make_header
 from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 from email.parser import BytesParser
@@ -45,6 +43,7 @@ from multidict import MultiDictProxy
 from appliance.addresses import AddressError, normalize_address, normalize_domain
 from appliance.delivery.local import may_send_as
 from appliance.message import structure
+from appliance.message.text import decode_header
 from appliance.smtp.protocol import Reply
 from appliance.smtp.server import MailTransaction, SmtpContext, new_message_id
 from appliance.smtp.submission import may_send, route_recipient, submit_message
@@ -230,7 +229,10 @@ async def contacts(request: web.Request) -> web.Response:
     query = request.query.get("q", "").strip().lower()[:MAX_QUERY_LENGTH]
     found = []
     if query:
-        for name, address in ctx.store.read(lambda txn: _written_to(txn, account.id)):
+        # Buffers: bodies read only for a structure never stored are not copied.
+        with ctx.store.reader(buffers=True) as txn:
+            written = _written_to(txn, account.id)
+        for name, address in written:
             if query in address.lower() or query in name.lower():
                 label = str(Address(display_name=name, addr_spec=address)) if name else address
                 found.append({"name": name, "address": address, "label": label})
@@ -711,15 +713,18 @@ class _Generator(BytesGenerator):
         return s.encode("ascii", "surrogateescape")
 
 
-def _message(letter: Letter, attachments: list[Attachment], with_bcc: bool) -> bytes:
+def _message(letter: Letter, attachments: list[Attachment], draft: bool) -> bytes:
+    """The message in octets; a draft keeps its Bcc and is dated, while a
+    message to send gets its Date from the submission path and its Bcc
+    only in the Sent copy (RFC 5322 3.6.3)."""
     message = EmailMessage(policy=POLICY)
     message["From"] = letter.author
     for name, addresses in (("To", letter.to), ("Cc", letter.cc)):
         if addresses:
             message[name] = addresses
-    if with_bcc and letter.bcc:  # RFC 5322 3.6.3: kept in the sender's copy only
+    if draft and letter.bcc:
         message["Bcc"] = letter.bcc
-    if with_bcc:  # a draft: dated when saved; a message sent is dated by submission
+    if draft:
         message["Date"] = email.utils.localtime()
     if letter.subject:
         message["Subject"] = letter.subject
@@ -809,7 +814,7 @@ async def _save_draft(
     attachments: list[Attachment],
 ) -> web.Response:
     ctx = context(request)
-    body = _message(letter, attachments, with_bcc=True)
+    body = _message(letter, attachments, draft=True)
     _check_size(ctx, body)
     info = structure.analyze(body).to_record()
     followups = _Followups.of(account, shown)
@@ -845,12 +850,15 @@ async def _send(
         refused = route_recipient(smtp, address.addr_spec, transaction)
         if refused is not None:
             raise Refusal(f"Not sent: {refused.text}")
-    body = _message(letter, attachments, with_bcc=False)
+    body = _message(letter, attachments, draft=False)
     _check_size(ctx, body)
     bcc_field = b""
     if letter.bcc:  # RFC 5322 3.6.3: only in the author's copy, the one in Sent
         bcc_field = POLICY.fold_binary("Bcc", POLICY.header_factory("Bcc", letter.bcc))
-    deliver = _Delivery(request, account, transaction, bcc_field, _Followups.of(account, shown))
+    # The envelope sender is the From: address (checked above), so that a
+    # bounce reaches whoever the message was written as.
+    sender = letter.author.addr_spec
+    deliver = _Delivery(request, sender, transaction, bcc_field, _Followups.of(account, shown))
     reply = await submit_message(smtp, account.address, body, deliver, client_address(request))
     if reply.is_error:
         raise Refusal(f"Not sent: {reply.text}", 403 if reply.status == "5.7.1" else 503)
@@ -873,13 +881,14 @@ class _Delivery:
     def __init__(
         self,
         request: web.Request,
-        account: Account,
+        sender: str,
         transaction: MailTransaction,
         bcc_field: bytes,
         followups: _Followups,
     ):
         self.ctx = context(request)
-        self.account = account
+        self.user = require_login(request).address
+        self.sender = sender
         self.transaction = transaction
         self.bcc_field = bcc_field
         self.followups = followups
@@ -888,7 +897,7 @@ class _Delivery:
 
     async def __call__(self, body: bytes, analyzed: structure.Structure) -> Reply:
         queue_id = new_message_id()
-        sender = self.account.address
+        sender = self.sender
         received = self._received_fields(queue_id)
         return_path = f"Return-Path: <{sender}>\r\n".encode()
         local = [(a, return_path + received(rcpt)) for a, rcpt in self.transaction.accounts.items()]
@@ -920,10 +929,11 @@ class _Delivery:
             if stored.queued:
                 self.ctx.queue_wake()
         log.info(
-            "webmail sent user=%s client=%s to=%s size=%d result=%d id=%s"
+            "webmail sent user=%s client=%s from=<%s> to=%s size=%d result=%d id=%s"
             " delivered=%d forwarded=%d",
-            sender,
+            self.user,
             self.client,
+            sender,
             ",".join(f"<{r}>" for r in [*self.transaction.accounts, *forwards]),
             len(body),
             reply.code,
@@ -973,32 +983,16 @@ def _written_to(txn: Transaction, account_id: int) -> list[tuple[str, str]]:
 
 
 def _recipients_of(txn: Transaction, entry: MessageEntry) -> Iterator[tuple[str, str]]:
-    analyzed = None
-    info = txn.blob_info(entry.blob_id)
-    if info is not None:
-        try:
-            analyzed = structure.Structure.from_record(info)
-        except structure.RecordError:
-            analyzed = None
-    if analyzed is None:  # put there by a client's APPEND, never analyzed
-        analyzed = structure.analyze(txn.blob(entry.blob_id))
-    envelope = analyzed.root.envelope
+    stored = structure.load_structure(txn.blob_info(entry.blob_id), txn.blob(entry.blob_id))
+    envelope = stored.root.envelope
     for address in (*envelope.to, *envelope.cc, *envelope.bcc):
         if address.mailbox in (None, structure.MISSING_MAILBOX):
             continue
         if address.host in (None, structure.MISSING_DOMAIN):
             continue
         spec = (address.mailbox + b"@" + address.host).decode("utf-8", "replace")
-        yield _decoded_name(address.name), _without_controls(spec)
-
-
-def _decoded_name(raw: bytes | None) -> str:
-    if not raw:
-        return ""
-    text = raw.decode("utf-8", "replace")
-    with contextlib.suppress(LookupError, UnicodeError, ValueError):  # an unknown charset
-        text = str(make_header(decode_header(text)))
-    return _without_controls(text).strip()
+        name = _without_controls(decode_header(address.name)).strip() if address.name else ""
+        yield name, _without_controls(spec)
 
 
 def _without_controls(text: str) -> str:

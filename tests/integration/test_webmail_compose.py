@@ -330,6 +330,8 @@ def test_an_alias_of_the_user_is_offered_as_from(box, ann):
     assert compose(ann, {"from": f"sales@{DOMAIN}", "to": BOB, "body": "x"}).status == 303
     [(_, raw)] = imap_messages(box, BOB)[before[0] :]
     assert parsed(raw)["From"] == f"sales@{DOMAIN}" and dkim_verifies(box, raw)
+    assert f"Return-Path: <sales@{DOMAIN}>" in raw.decode()  # bounces go to the alias
+    assert f"webmail sent user={ANN} client=127.0.0.1 from=<sales@{DOMAIN}>" in box.log()
 
 
 @pytest.mark.parametrize(
