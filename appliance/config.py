@@ -290,8 +290,11 @@ class WebSettings:
     # The self-test proves outbound port 25 open by reaching this domain's MX.
     selftest_probe_domain: str = "gmail.com"
     selftest_step_timeout: float = 15.0
-    # A form or upload larger than this is refused with 413.
+    # A form larger than this is refused with 413 ...
     max_request_size: int = 1 << 20
+    # ... but a message written in webmail may carry attachments up to this
+    # (spooled to temporary files as they arrive, never held in memory).
+    max_upload_size: int = 25 << 20
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "public_addresses", tuple(self.public_addresses))

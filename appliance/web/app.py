@@ -43,13 +43,24 @@ SECURITY_HEADERS = {
 }
 
 
+_MODULES = (setup, account, admin, update_page, wellknown, mail_compose, mail)
+# Paths whose forms carry files, up to [web] max_upload_size rather than
+# max_request_size (a module's UPLOADS), and paths whose handlers read the
+# upload as a stream and check the CSRF token themselves, the form's first
+# field, before any file byte (a module's STREAMED_UPLOADS).
+_UPLOADS = web.AppKey("uploads", frozenset)
+_STREAMED = web.AppKey("streamed", frozenset)
+
+
 def make_app(web_context: WebContext) -> web.Application:
     app = web.Application(
-        middlewares=[_sessions, _setup_gate, _https_only, _csrf],
+        middlewares=[_sessions, _setup_gate, _https_only, _upload_limit, _csrf],
         client_max_size=web_context.settings.web.max_request_size,
     )
     app[CONTEXT] = web_context
-    for module in (setup, account, admin, update_page, wellknown, mail_compose, mail):
+    app[_UPLOADS] = frozenset(p for m in _MODULES for p in getattr(m, "UPLOADS", ()))
+    app[_STREAMED] = frozenset(p for m in _MODULES for p in getattr(m, "STREAMED_UPLOADS", ()))
+    for module in _MODULES:
         module.add_routes(app)
     app.router.add_static("/static/", STATIC)
     app.on_response_prepare.append(_security_headers)
@@ -92,6 +103,15 @@ async def _https_only(request: web.Request, handler):
 
 
 @web.middleware
+async def _upload_limit(request: web.Request, handler):
+    """A form with files may be larger than other requests (RFC 7578 bodies)."""
+    if request.method == "POST" and request.path in request.app[_UPLOADS]:
+        limit = context(request).settings.web.max_upload_size
+        return await handler(request.clone(client_max_size=limit))
+    return await handler(request)
+
+
+@web.middleware
 async def _csrf(request: web.Request, handler):
     if request.method not in _UNSAFE_METHODS or _is_public(request.path):
         return await handler(request)
@@ -100,7 +120,7 @@ async def _csrf(request: web.Request, handler):
     if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
         raise web.HTTPForbidden(text="Cross-site request refused.")
     current = request.get(SESSION)
-    if request.path in update_page.STREAMED_UPLOADS:
+    if request.path in request.app[_STREAMED]:
         return await handler(request)  # the handler checks the token, its form's first field
     form = await request.post()
     token = form.get("csrf")

@@ -107,6 +107,10 @@ HEADINGS = {
 }
 
 
+# The compose form carries attachments: [web] max_upload_size, not max_request_size.
+UPLOADS = ("/mail/compose",)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/mail/compose", compose_page)
     app.router.add_post("/mail/compose", compose_post)

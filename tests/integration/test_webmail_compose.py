@@ -38,6 +38,7 @@ ANN = f"ann@{DOMAIN}"
 BOB = f"bob@{DOMAIN}"
 FAR = "far@remote.test"
 MAX_REQUEST_SIZE = 1 << 20  # [web] max_request_size left at its default
+MAX_UPLOAD_SIZE = 2 << 20  # [web] max_upload_size made small for the test
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +50,7 @@ def box(tmp_path_factory):
             resolver={"nameservers": [dns.nameserver]},
             # Nothing listens at the MX: mail for remote.test stays queued.
             queue={"retry_delays": [3600], "mx_port": free_port()},
+            web={"max_upload_size": MAX_UPLOAD_SIZE},
         )
         app.add_user(ANN)
         app.add_user(BOB)
@@ -403,11 +405,27 @@ def test_a_form_without_its_csrf_token_is_refused(box, ann):
 
 def test_an_upload_past_the_limit_is_refused_and_nothing_is_sent(box, ann):
     before = counts(box)
-    files = [("attachment", "big.bin", secrets.token_bytes(MAX_REQUEST_SIZE + 1), "x/y")]
+    files = [("attachment", "big.bin", secrets.token_bytes(MAX_UPLOAD_SIZE + 1), "x/y")]
     page = compose(ann, {"to": BOB, "body": "x"}, files=files)
     assert page.status == 413
     assert counts(box) == before
     assert compose(ann, {"to": BOB, "body": "small one"}).status == 303  # the session goes on
+
+
+def test_an_attachment_larger_than_a_form_may_be_goes_out(box, ann):
+    """Attachments have their own limit, above the one of other forms."""
+    data = secrets.token_bytes(MAX_REQUEST_SIZE + MAX_REQUEST_SIZE // 2)
+    files = [("attachment", "photo.bin", data, "application/octet-stream")]
+    assert compose(ann, {"to": BOB, "body": "a big one"}, files=files).status == 303
+    with imaplib.IMAP4("127.0.0.1", box.imap_port) as imap:
+        imap.login(BOB, PASSWORD)
+        imap.select("INBOX", readonly=True)
+        _, found = imap.search(None, "BODY", '"a big one"')
+        [number] = found[0].split()
+        _, fetched = imap.fetch(number, "(RFC822)")
+    message = email.message_from_bytes(fetched[0][1], policy=email.policy.default)
+    [attachment] = list(message.iter_attachments())
+    assert attachment.get_content() == data
 
 
 # -- replying and forwarding ---------------------------------------------------------------
