@@ -200,6 +200,7 @@ class Service:
             queue_wake=self.queue_runner.wake,
             listening=self._listening,
             certificate=lambda: self.certificate_path,
+            watch=self.mailbox_watch,
         )
         for name in ("appliance.smtp.server", "appliance.delivery.queue"):
             logging.getLogger(name).addHandler(self.web.recent)

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from appliance.config import Settings
 from appliance.login import LoginGuard
+from appliance.sessions import MailboxWatch
 from appliance.store import Store
 from appliance.web import setup_code
 from appliance.web.auth import COOKIE, WebSession, WebSessions
@@ -49,6 +50,7 @@ class WebContext:
     listening: Callable[[], list[tuple[str, str, int, int]]]  # name, host, port, sessions
     certificate: Callable[[], Path]  # the PEM file the TLS listeners serve
     sessions: WebSessions = None
+    watch: MailboxWatch | None = None  # changed mailboxes, for webmail's live list
     recent: RecentLog = field(default_factory=RecentLog)
     started: float = field(default_factory=time.time)
     setup_failures: int = 0
