@@ -1244,7 +1244,7 @@ _COMMANDS = {
 
 
 def _authors(txn, mailbox_id: int, uids: list[int]) -> list[str]:
-    """The From address of each message, from the structure stored at delivery."""
+    """The From addresses of the messages, from the structure stored at delivery."""
     found = []
     for uid in uids:
         entry = txn.message(mailbox_id, uid)
@@ -1255,5 +1255,5 @@ def _authors(txn, mailbox_id: int, uids: list[int]) -> list[str]:
             envelope = structure.Structure.from_record(record).root.envelope
         except structure.RecordError:
             continue
-        found += structure.author_addresses(envelope)
+        found += envelope.authors if envelope else []
     return found

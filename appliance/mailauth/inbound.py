@@ -33,6 +33,7 @@ from appliance.mailauth.arc import ArcResult, verify_arc
 from appliance.mailauth.dmarc import (
     FAIL,
     NONE,
+    PASS,
     TRUSTED_FORWARDER,
     AggregateRecords,
     AuthorError,
@@ -75,6 +76,7 @@ class Verdict:
     forged: list[tuple[int, int]] = field(default_factory=list)
     arc: ArcResult | None = None
     filter_fields: bytes = b""  # X-Spam-Checked (and X-Spam) when a filter is set
+    junk_by_filter: bool = False  # the spam filter, not the author's domain, chose Junk
 
     @property
     def refused(self) -> bool:
@@ -87,6 +89,13 @@ class Verdict:
     @property
     def quarantined(self) -> bool:
         return self.action == JUNK
+
+    @property
+    def author_may_be_spared(self) -> bool:
+        """Junk by the filter alone, from an author DMARC authenticated: a
+        recipient who took this author's mail out of Junk before gets it in
+        the INBOX. A DMARC failure is never spared: its From may be forged."""
+        return self.junk_by_filter and self.dmarc is not None and self.dmarc.result == PASS
 
     @property
     def head(self) -> bytes:
@@ -221,4 +230,10 @@ def _filtered(verdict: Verdict, result: FilterResult) -> Verdict:
     if _SEVERITY.index(action) <= _SEVERITY.index(verdict.action):
         return dataclasses.replace(verdict, filter_fields=fields)
     reason = f"spam filter: {result.action}" + (f" ({result.text})" if result.text else "")
-    return dataclasses.replace(verdict, action=action, reason=reason, filter_fields=fields)
+    return dataclasses.replace(
+        verdict,
+        action=action,
+        reason=reason,
+        filter_fields=fields,
+        junk_by_filter=action == JUNK,
+    )

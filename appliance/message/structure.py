@@ -138,6 +138,16 @@ class Envelope:
     to: tuple[Address, ...] = ()
     cc: tuple[Address, ...] = ()
     bcc: tuple[Address, ...] = ()
+
+    @property
+    def authors(self) -> list[str]:
+        """The From addresses as "mailbox@host", lower-cased."""
+        return [
+            f"{a.mailbox.decode(errors='replace')}@{a.host.decode(errors='replace')}".lower()
+            for a in self.from_
+            if a.mailbox and a.host
+        ]
+
     in_reply_to: bytes | None = None
     message_id: bytes | None = None
 

@@ -312,7 +312,14 @@ class SmtpSession(Session):
         if verdict.forged:
             body = b"".join(without_ranges(body, verdict.forged))
         mailbox = "Junk" if verdict.quarantined else "INBOX"
-        return await self.deliver(conn, body, transaction, head=verdict.head, mailbox=mailbox)
+        analyzed, spared = None, ""
+        if verdict.quarantined and verdict.author_may_be_spared:
+            analyzed = structure.analyze(body)
+            authors = analyzed.root.envelope.authors if analyzed.root.envelope else []
+            spared = authors[0] if len(authors) == 1 else ""
+        return await self.deliver(
+            conn, body, transaction, analyzed, verdict.head, mailbox, spared_author=spared
+        )
 
     async def deliver(
         self,
@@ -322,10 +329,12 @@ class SmtpSession(Session):
         analyzed: structure.Structure | None = None,
         head: bytes = b"",
         mailbox: str = "INBOX",
+        spared_author: str = "",
     ) -> Reply:
-        """Store the message for its local recipients (in `mailbox`) and queue
-        it for the rest, in one commit, `head` in front of each local copy;
-        the Reply says whether that commit happened."""
+        """Store the message for its local recipients (in `mailbox`, but see
+        Transaction.deliver's spared_author) and queue it for the rest, in one
+        commit, `head` in front of each local copy; the Reply says whether
+        that commit happened."""
         ctx = self._context
         queue_id = new_message_id()
         sender = conn.mail_from or ""
@@ -342,7 +351,9 @@ class SmtpSession(Session):
         info = (analyzed or structure.analyze(body)).to_record() if local else None
         try:
             stored = await ctx.store.submit(
-                lambda txn: txn.deliver(body, local, sender, forwards, forward_head, info, mailbox)
+                lambda txn: txn.deliver(
+                    body, local, sender, forwards, forward_head, info, mailbox, spared_author
+                )
             )
         except Exception:
             log.exception("smtp store failed id=%s", queue_id)

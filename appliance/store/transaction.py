@@ -642,6 +642,7 @@ class Transaction:
         forward_head: bytes = b"",
         info: object | None = None,
         mailbox: str = "INBOX",
+        spared_author: str = "",
     ) -> Delivery:
         """Store one incoming message for every recipient, the body once.
 
@@ -649,7 +650,8 @@ class Transaction:
         its copy; `forward` lists external addresses to queue the message for;
         `info` is kept with the body (see blob_info()). Local copies go to
         each account's `mailbox` (Junk for what the checks quarantine), or
-        to its INBOX should that mailbox be gone.
+        to its INBOX should that mailbox be gone, or should the account have
+        taken mail of `spared_author` out of Junk before (remember_not_junk).
         """
         blob_id = self.next_id("blob")
         entries: list[MessageEntry] = []
@@ -657,8 +659,11 @@ class Transaction:
         date = time.time()
         for address, head in local:
             account = self.account(address)
+            wanted = mailbox
+            if account and spared_author and self.is_not_junk(account.id, spared_author):
+                wanted = "INBOX"
             inbox = account and (
-                self.mailbox(account.id, mailbox) or self.mailbox(account.id, "INBOX")
+                self.mailbox(account.id, wanted) or self.mailbox(account.id, "INBOX")
             )
             if inbox is None:
                 missing.append(address)

@@ -323,3 +323,35 @@ def test_with_rspamd_stopped_mail_still_arrives(start, real_rspamd):
     real_rspamd.stop()
     send(app, message(f"{GTUBE}\r\n"))
     unchecked(app)
+
+
+def test_junk_by_the_filter_is_spared_for_who_took_the_author_out_of_junk(make_appliance, fake):
+    """ann once moved alice's mail out of Junk; the filter's next Junk verdict
+    on alice's (DMARC-authenticated) mail goes to ann's INBOX, bob's to Junk."""
+    import imaplib
+
+    from tests.conftest import PASSWORD
+
+    zone = {
+        "sender.test": {"TXT": '"v=spf1 ip4:127.0.0.1 -all"'},
+        "_dmarc.sender.test": {"TXT": '"v=DMARC1; p=none"'},
+    }
+    with DnsServer(zone) as dns:
+        app = make_appliance(
+            smtp={"checks": True},
+            resolver={"nameservers": [dns.nameserver]},
+            filter={"rspamd": fake.url, "timeout": FILTER_TIMEOUT},
+        )
+        app.add_user("bob@example.test")
+        app.start()
+        with imaplib.IMAP4(app.host, app.imap_port) as imap:
+            imap.login("ann@example.test", PASSWORD)
+            imap.append("Junk", None, None, message("an old one\r\n"))
+            imap.select("Junk")
+            assert imap.uid("MOVE", "1", "INBOX")[0] == "OK"
+        fake.action = "add header"
+        send(app, message("a new one\r\n"), ["ann@example.test", "bob@example.test"])
+        assert [m for m in app.inbox("ann@example.test") if b"a new one" in m]
+        assert app.inbox("ann@example.test", "Junk") == []
+        [junk] = app.inbox("bob@example.test", "Junk")
+        assert b"a new one" in junk and b"dmarc=pass" in junk
