@@ -13,7 +13,7 @@ TEST_PACKAGES := swaks openssl fetchmail mpop curl isync dovecot-core dovecot-im
 NPM_PREFIX := .cache/npm
 AXE_CORE := $(NPM_PREFIX)/node_modules/axe-core/axe.min.js
 # The benchmarks are scripts without a .py suffix, which ruff finds only by name.
-BENCH_SCRIPTS := bench/smtp_inbound bench/pop3 bench/imap bench/smtp_outbound bench/image
+BENCH_SCRIPTS := bench/smtp_inbound bench/pop3 bench/imap bench/smtp_outbound bench/image bench/webmail
 BENCH_PACKAGES := postfix dovecot-core dovecot-lmtpd dovecot-pop3d dovecot-imapd
 
 # The bootable image (image/build.py) and its tests in qemu (tests/image):

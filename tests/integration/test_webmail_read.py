@@ -11,6 +11,7 @@ event loop) can no longer be used in this module.
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import html
@@ -450,6 +451,30 @@ def test_remote_content_waits_for_the_reader_then_is_remembered_for_the_sender(b
         assert f'src="/mail/{inbox}/{first}/body?remote=1"' in page.text
         body = reader.get(f"/mail/{inbox}/{first}/body")
         assert "https:" in body.headers["Content-Security-Policy"]
+
+
+# A 1x1 PNG: what an HTML message's cid: image may be.
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000100e221bc330000000049454e44ae426082"
+)
+
+
+def test_images_of_the_message_itself_are_shown_inline(box):
+    address = new_user(box, "cid")
+    message = html_message("logo", '<p>Hi</p><img src="cid:logo@example.test" alt="Logo">')
+    html_part = message.get_payload()[1]
+    html_part.add_related(PNG, maintype="image", subtype="png", cid="<logo@example.test>")
+    deliver(box, address, message)
+    with log_in(box, address, PASSWORD) as reader:
+        inbox, listed = inbox_of(reader)
+        uid = rows(listed)[0][1]
+        page = reader.get(f"/mail/{inbox}/{uid}").text
+        assert "Load remote content" not in page
+        body = reader.get(f"/mail/{inbox}/{uid}/body").text
+    encoded = base64.b64encode(PNG).decode()
+    assert f'src="data:image/png;base64,{encoded}"' in body
+    assert "cid:" not in body
 
 
 def open_events(box: Appliance, session_id: str) -> ssl.SSLSocket:

@@ -289,6 +289,8 @@ async def search_page(request: web.Request) -> web.Response:
     found = await asyncio.get_running_loop().run_in_executor(
         None, search.search, store, mailbox.id, uids, field, query
     )
+    # A search reads every body once: let the map's pages go, as a long FETCH does.
+    store.streamed(found.octets, done=True)
     page = min(page, _pages(len(found.uids)))
     shown = found.uids[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
     with store.reader(buffers=True) as txn:
@@ -405,7 +407,7 @@ async def body(request: web.Request) -> web.Response:
         remote = request.query.get("remote") == "1" or (
             bool(sender) and mail.trusts(who.session.id, sender)
         )
-        document, _ = body_document(message, structure, layout(structure.root), remote)
+        document = body_document(message, structure, layout(structure.root), remote)
     response = web.Response(text=document, content_type="text/html", charset="utf-8")
     # Its own policy, in place of the pages' (which forbids framing): see sanitize.py.
     response.headers["Content-Security-Policy"] = policy(remote)
@@ -487,6 +489,8 @@ async def raw(request: web.Request) -> web.StreamResponse:
                 break
             chunk = bytes(blob[start : start + RAW_CHUNK])
         await response.write(chunk)
+        store.streamed(len(chunk))  # the map's pages read are let go, as IMAP does
+    store.streamed(0, done=True)
     await response.write_eof()
     return response
 

@@ -57,6 +57,7 @@ FIELDS: dict[str, tuple[str, Matcher]] = {
 class Found:
     uids: list[int]  # newest first
     complete: bool  # False when the time limit or MAX_RESULTS stopped it
+    octets: int  # of message bodies read
 
 
 def search(store: Store, mailbox_id: int, uids: Sequence[int], field: str, query: str) -> Found:
@@ -65,6 +66,7 @@ def search(store: Store, mailbox_id: int, uids: Sequence[int], field: str, query
     needle = text.search_key(query)
     deadline = time.monotonic() + TIME_LIMIT
     found: list[int] = []
+    octets = 0
     newest_first = list(reversed(uids))
     for start in range(0, len(newest_first), BATCH):
         with store.reader(buffers=True) as txn:
@@ -73,8 +75,9 @@ def search(store: Store, mailbox_id: int, uids: Sequence[int], field: str, query
                 if entry is None:
                     continue
                 body = memoryview(txn.blob(entry.blob_id) or b"")
+                octets += len(body)
                 if matcher(body, structure_of(txn, entry), needle):
                     found.append(uid)
         if len(found) >= MAX_RESULTS or time.monotonic() > deadline:
-            return Found(found[:MAX_RESULTS], False)
-    return Found(found, True)
+            return Found(found[:MAX_RESULTS], False, octets)
+    return Found(found, True, octets)
