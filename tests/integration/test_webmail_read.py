@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from appliance.store import open_store
 from tests.browser import (
     assert_accessible,
     browser_fixture,  # noqa: F401 - fixture browser
@@ -363,6 +364,25 @@ def test_flag_mark_move_and_delete_many_at_once(box):
     assert imap_flags(box, address, "Trash") == {}
 
 
+def test_moving_out_of_junk_remembers_the_sender_as_not_junk(box):
+    address = new_user(box, "junk")
+    deliver(box, address, text_message("not spam", "x", sender="Friend <friend@pals.test>"))
+    with log_in(box, address, PASSWORD) as reader:
+        inbox, listed = inbox_of(reader)
+        ids = mailboxes(listed)
+        uid = rows(listed)[0][1]
+        act(reader, f"/mail/{inbox}", inbox, [uid], action="move", target=str(ids["Junk"]))
+        [(_, junk_uid, _)] = rows(reader.get(f"/mail/{ids['Junk']}").text)
+        page = f"/mail/{ids['Junk']}"
+        act(reader, page, ids["Junk"], [junk_uid], action="move", target=str(inbox))
+    store = open_store(box.data)
+    try:
+        account = store.read(lambda txn: txn.account(address))
+        assert store.read(lambda txn: txn.not_junk_senders(account.id)) == ["friend@pals.test"]
+    finally:
+        store.close()
+
+
 def test_search_finds_what_imap_search_finds(box):
     address = new_user(box, "search")
     messages = [
@@ -536,6 +556,19 @@ def test_logged_out_no_mail_page_answers(box):
         page = reader.get(path)
         assert (page.status, page.location) == (303, "/login"), path
     reader.close()
+
+
+def test_an_idle_session_reads_no_more_mail(tmp_path):
+    app = set_up_appliance(tmp_path / "data", web={"session_idle_timeout": 1})
+    try:
+        address = new_user(app, "idle")
+        with log_in(app, address, PASSWORD) as reader:
+            inbox, _ = inbox_of(reader)
+            time.sleep(1.5)
+            page = reader.get(f"/mail/{inbox}")
+            assert (page.status, page.location) == (303, "/login")
+    finally:
+        assert app.stop() == 0, app.log()
 
 
 # -- in a real browser (last: see the module's docstring) ---------------------------

@@ -20,7 +20,7 @@ from markupsafe import Markup
 
 from appliance.message.structure import author_addresses
 from appliance.message.text import part_text
-from appliance.store import Mailbox, NotFound, Transaction
+from appliance.store import Mailbox, MessageEntry, NotFound, Store, Transaction
 from appliance.web.mail import access, events, search
 from appliance.web.mail.access import NOT_FOUND, Reader
 from appliance.web.mail.reading import (
@@ -37,6 +37,7 @@ from appliance.web.mail.reading import (
     summarize,
 )
 from appliance.web.mail.sanitize import (
+    CUT_SHORT,
     MAX_BODY_TEXT,
     body_document,
     may_load_remote,
@@ -220,7 +221,14 @@ async def mailbox_page(request: web.Request) -> web.Response:
         listing = mail.listings.get(txn, mailbox)
         page = min(page, _pages(len(listing.uids)))
         rows = _summaries(txn, mailbox.id, listing.page(page, PAGE_SIZE))
-    return _list(request, folders, mailbox, rows, page, len(listing.uids), search=None)
+    return _list(request, folders, mailbox, rows, page, len(listing.uids), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Searched:
+    query: str
+    field: str  # a key of search.FIELDS
+    complete: bool
 
 
 def _list(
@@ -230,16 +238,15 @@ def _list(
     rows: list[Summary],
     page: int,
     total: int,
-    search: dict | None,
+    searched: Searched | None,
 ) -> web.Response:
     current = next(f for f in folders if f.id == mailbox.id)
-    query = {} if search is None else {"q": search["query"], "in": search["field"]}
-    query["mailbox"] = str(mailbox.id)
 
     def page_url(number: int) -> str:
-        base = "/mail/search" if search is not None else current.url
-        wanted = {**query, "page": str(number)} if search else {"page": str(number)}
-        return f"{base}?{urlencode(wanted)}"
+        if searched is None:
+            return f"{current.url}?page={number}"
+        wanted = {"q": searched.query, "in": searched.field, "mailbox": mailbox.id}
+        return f"/mail/search?{urlencode({**wanted, 'page': number})}"
 
     return render(
         request,
@@ -251,16 +258,12 @@ def _list(
         pages=_pages(total),
         total=total,
         page_url=page_url,
-        search=search,
-        fields=[(value, label) for value, (label, _) in search_fields().items()],
+        search=searched,
+        fields=[(value, label) for value, (label, _) in search.FIELDS.items()],
         targets=[f for f in folders if f.id != mailbox.id],
         back=request.path_qs,
         **_SHOWN,
     )
-
-
-def search_fields() -> dict:
-    return search.FIELDS
 
 
 async def search_page(request: web.Request) -> web.Response:
@@ -295,8 +298,8 @@ async def search_page(request: web.Request) -> web.Response:
     shown = found.uids[(page - 1) * PAGE_SIZE : page * PAGE_SIZE]
     with store.reader(buffers=True) as txn:
         rows = _summaries(txn, mailbox.id, shown)
-    searched = {"query": query, "field": field, "complete": found.complete}
-    return _list(request, folders, mailbox, rows, page, len(found.uids), search=searched)
+    searched = Searched(query, field, found.complete)
+    return _list(request, folders, mailbox, rows, page, len(found.uids), searched)
 
 
 # -- one message -------------------------------------------------------------------
@@ -363,7 +366,7 @@ def _with_one_less_unseen(folders: list[Folder], mailbox_id: int) -> list[Folder
     ]
 
 
-def _message_view(txn: Transaction, entry) -> MessageView:
+def _message_view(txn: Transaction, entry: MessageEntry) -> MessageView:
     message = txn.blob(entry.blob_id) or b""
     structure = access.structure_of(txn, entry)
     envelope = structure.root.envelope
@@ -375,7 +378,7 @@ def _message_view(txn: Transaction, entry) -> MessageView:
         if part.subtype.lower() == "html":
             remote_asked = remote_asked or may_load_remote(text)
         else:
-            texts.append(linkify(text))
+            texts.append(linkify(text + (CUT_SHORT if more else "")))
     return MessageView(
         uid=entry.uid,
         subject=subject_of(envelope) or "(no subject)",
@@ -397,23 +400,38 @@ async def body(request: web.Request) -> web.Response:
     who = access.reader(request)
     wanted = access.mailbox_id(request.match_info["mailbox"])
     uid = access.uid(request.match_info["uid"])
-    mail = state(request)
-    with context(request).store.reader(buffers=True) as txn:
+    store = context(request).store
+    with store.reader(buffers=True) as txn:
         entry = access.own_message(txn, who.account, wanted, uid)
-        message = txn.blob(entry.blob_id) or b""
-        structure = access.structure_of(txn, entry)
-        envelope = structure.root.envelope
-        sender = _sender_address(people(envelope.from_ if envelope else ()))
-        remote = request.query.get("remote") == "1" or (
-            bool(sender) and mail.trusts(who.session.id, sender)
-        )
-        document = body_document(message, structure, layout(structure.root), remote)
+        envelope = access.structure_of(txn, entry).root.envelope
+    sender = _sender_address(people(envelope.from_ if envelope else ()))
+    remote = request.query.get("remote") == "1" or (
+        bool(sender) and state(request).trusts(who.session.id, sender)
+    )
+    # Sanitizing a large newsletter takes tens of milliseconds: on a thread,
+    # so that the loop's other sessions do not wait for it.
+    document = await asyncio.get_running_loop().run_in_executor(
+        None, _sanitized, store, entry, remote
+    )
+    if document is None:
+        raise web.HTTPNotFound(text=NOT_FOUND)
     response = web.Response(text=document, content_type="text/html", charset="utf-8")
     # Its own policy, in place of the pages' (which forbids framing): see sanitize.py.
     response.headers["Content-Security-Policy"] = policy(remote)
     response.headers["X-Frame-Options"] = "SAMEORIGIN"
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _sanitized(store: Store, entry: MessageEntry, remote: bool) -> str | None:
+    """The body document, read in a transaction of this thread's own; None
+    when the message went meanwhile."""
+    with store.reader(buffers=True) as txn:
+        message = txn.blob(entry.blob_id)
+        if message is None:
+            return None
+        structure = access.structure_of(txn, entry)
+        return body_document(message, structure, layout(structure.root), remote)
 
 
 async def trust_sender(request: web.Request) -> web.Response:

@@ -36,6 +36,7 @@ from appliance.web.mail.reading import Layout, leaves, linkify
 # "show original". A newsletter is some 100 KB; this bounds the sanitizer's
 # work and the page's size on a hostile 50 MB part.
 MAX_BODY_TEXT = 4 << 20
+CUT_SHORT = "\n[This part is longer than shown here: see the original message.]"
 # Octets of one cid: image inlined as a data: URL (base64 makes it a third
 # bigger), and of all of a message's together.
 MAX_INLINE_IMAGE = 2 << 20
@@ -257,8 +258,6 @@ def body_document(
         else:
             pieces.append(Markup('<pre class="plain">{}</pre>').format(linkify(text)))
         if more:
-            pieces.append(
-                str(escape("[This part is longer than shown here: see the original message.]"))
-            )
+            pieces.append(str(escape(CUT_SHORT)))
     body = '\n<hr class="part">\n'.join(pieces)
     return _DOCUMENT.format(body=body)
