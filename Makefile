@@ -47,6 +47,7 @@ bench: $(VENV)/.installed  ## side by side with Postfix and Dovecot; see bench/R
 	$(BIN)/python bench/imap
 	$(BIN)/python bench/smtp_outbound
 	$(BIN)/python bench/image
+	$(BIN)/python bench/webmail
 
 # dist/appliance-VERSION-ARCH.pyz for x86_64 and aarch64 (image/dist.py).
 dist: $(VENV)/.installed $(BIN)/shiv
