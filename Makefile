@@ -20,7 +20,7 @@ BENCH_PACKAGES := postfix dovecot-core dovecot-lmtpd dovecot-pop3d dovecot-imapd
 # mmdebstrap, the file system and partition tools, qemu with UEFI firmware for
 # both boards, and qemu-user + binfmt to run arm64 maintainer scripts.
 IMAGE_PACKAGES := mmdebstrap squashfs-tools dosfstools mtools fdisk e2fsprogs zstd xz-utils \
-	qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64 qemu-user-static binfmt-support
+	qemu-system-x86 qemu-system-arm ovmf qemu-efi-aarch64 qemu-user-static binfmt-support arch-test
 # Builds the single-file service (dist/appliance-VERSION-ARCH.pyz); pinned so
 # that two builds of one commit are the same file.
 SHIV := shiv==1.0.8

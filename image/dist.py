@@ -92,8 +92,11 @@ def build(arch: str, out: Path, work: Path) -> Path:
     pyz = pyz_path(out, arch)
     shiv = Path(sys.executable).parent / "shiv"
     env = dict(os.environ, SOURCE_DATE_EPOCH=source_date_epoch())
+    # --extend-pythonpath: the service runs parts of itself as `python3 -m`
+    # subprocesses (appliance.tls makes its key that way), which must import
+    # from the unpacked zipapp too.
     _run([str(shiv), "--site-packages", str(site), "-e", ENTRY_POINT, "-p", INTERPRETER,
-          "--reproducible", "-o", str(pyz)], env=env)  # fmt: skip
+          "--extend-pythonpath", "--reproducible", "-o", str(pyz)], env=env)  # fmt: skip
     return pyz
 
 
