@@ -142,6 +142,8 @@ class Service:
             loop.add_signal_handler(signal.SIGHUP, self._reload)
             await self._listen()
             await self._listen_web()
+            if self._smtp_context.checker is not None:
+                loop.run_in_executor(None, self._smtp_context.checker.warm_up)
             queue = loop.create_task(self.queue_runner.run(self._stop))
             data = self.settings.data_dir
             self._announce_setup()

@@ -447,7 +447,9 @@ class AggregateRecords:
         self._keep_days = keep_days
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._day: datetime.date | None = None  # the day last written, to prune once a day
+        self._day: datetime.date | None = None  # the day whose file is open, pruned once a day
+        self._file: int | None = None  # that day's file, open for appending
+        self._size = 0  # its length
         self._full_day: datetime.date | None = None  # the day whose file was found full
 
     def path(self, day: datetime.date) -> Path:
@@ -493,6 +495,7 @@ class AggregateRecords:
         return sorted(rows, key=lambda row: (-row.count, row.header_from, row.source_ip))
 
     def _new_day(self, day: datetime.date) -> None:
+        self.close()
         self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         oldest = day - datetime.timedelta(days=self._keep_days)
         for name in os.listdir(self._directory):
@@ -502,19 +505,23 @@ class AggregateRecords:
                 continue  # not ours
             if file_day < oldest:
                 (self._directory / name).unlink(missing_ok=True)
+        # Kept open for the day: one write per message, no open and close.
+        self._file = os.open(self.path(day), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._size = os.fstat(self._file).st_size
         self._day = day
 
     def _append(self, day: datetime.date, line: bytes) -> None:
-        fd = os.open(self.path(day), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            if os.fstat(fd).st_size + len(line) > self._max_bytes:
-                if self._full_day != day:
-                    self._full_day = day
-                    log.warning("dmarc records full day=%s bytes=%d", day, self._max_bytes)
-                return
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        if self._size + len(line) > self._max_bytes:
+            if self._full_day != day:
+                self._full_day = day
+                log.warning("dmarc records full day=%s bytes=%d", day, self._max_bytes)
+            return
+        self._size += os.write(self._file, line)
+
+    def close(self) -> None:
+        if self._file is not None:
+            os.close(self._file)
+            self._file, self._day = None, None
 
 
 def _record(

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from appliance.config import ResolverSettings
@@ -40,6 +42,7 @@ from appliance.mailauth.dmarc import (
     DmarcResult,
     author_domain,
     evaluate_dmarc,
+    organizational_domain,
 )
 from appliance.mailauth.results import authentication_results, our_results_ranges
 from appliance.mailauth.rspamd import Envelope, FilterResult, RspamdClient
@@ -50,6 +53,9 @@ log = logging.getLogger(__name__)
 
 # What becomes of a message, mildest first: the stricter of two answers wins.
 DELIVER, JUNK, DEFER, REJECT = "deliver", "junk", "defer", "reject"
+# Threads that run the checks. A lookup that misses the cache waits on the
+# network without the interpreter, so a few cover many sessions at once.
+CHECK_THREADS = 4
 _SEVERITY = (DELIVER, JUNK, DEFER, REJECT)
 
 # The spam filter's actions as ours.
@@ -142,6 +148,17 @@ class Checker:
         self._filter = spam_filter
         self._authenticate = authenticate
 
+    def spf_soon(self, client_ip: str, sender: str, helo: str) -> asyncio.Future:
+        """spf() on the checks' threads, for the session to await at end of data."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(_checks_pool(), self.spf, client_ip, sender, helo)
+
+    def warm_up(self) -> None:
+        """Load what the first message would otherwise wait for (the Public
+        Suffix List takes most of a second to parse); blocking, run it in a
+        thread once the listeners are up."""
+        organizational_domain(self.authserv_id)
+
     def spf(self, client_ip: str, sender: str, helo: str) -> SpfResult | None:
         """The MAIL FROM identity's SPF result (the HELO name's for <>); blocking."""
         if not self._authenticate:
@@ -166,7 +183,7 @@ class Checker:
         then the spam filter (unless the checks already refuse it)."""
         envelope = Envelope(client_ip, helo, sender, tuple(recipients), client_name)
         loop = asyncio.get_running_loop()
-        verdict = await loop.run_in_executor(None, self.verdict, message, spf, envelope)
+        verdict = await loop.run_in_executor(_checks_pool(), self.verdict, message, spf, envelope)
         if self._filter is None or verdict.refused:
             return verdict
         return _filtered(verdict, await self._filter.check(message, envelope))
@@ -221,6 +238,14 @@ class Checker:
             override=TRUSTED_FORWARDER,
             reason=f"arc override: trusted sealer {arc.sealer}",
         )
+
+
+@functools.cache
+def _checks_pool() -> ThreadPoolExecutor:
+    """The checks' own threads, one set per process (a reload makes a new
+    Checker, not new threads): few, so that they do not take the interpreter
+    from the event loop and from each other by turns."""
+    return ThreadPoolExecutor(CHECK_THREADS, thread_name_prefix="checks")
 
 
 def _filtered(verdict: Verdict, result: FilterResult) -> Verdict:

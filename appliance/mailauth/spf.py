@@ -130,7 +130,8 @@ def _check(ip: str, sender: str, helo: str, settings: ResolverSettings, timeout:
         comment=query.get_header_comment(result),
         mechanism=(query.mechanism or "") if result not in ("temperror", "permerror") else "",
     )
-    log.info(
+    # Debug only: the result goes into the message's Authentication-Results.
+    log.debug(
         "spf result=%s identity=%s domain=%s ip=%s mechanism=%s",
         outcome.result,
         outcome.identity,

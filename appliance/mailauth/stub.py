@@ -8,6 +8,8 @@ check: after the first message of a sender its checks cost no round trip.
 
 from __future__ import annotations
 
+import functools
+
 import dns.nameserver
 import dns.resolver
 
@@ -17,7 +19,7 @@ from appliance.config import ResolverSettings, parse_nameserver
 # used go first. A few thousand senders' records fit in a few MB.
 CACHE_SIZE = 10_000
 _MAX_CACHES = 4  # resolver sets remembered (reloads); the oldest is dropped
-# RFC 9715's advice for a UDP payload that is not fragmented on any path.
+# DNS Flag Day 2020's EDNS buffer size: a UDP answer that no path fragments.
 EDNS_PAYLOAD = 1232
 
 # One cache per set of nameservers: answers from one resolver are not
@@ -28,20 +30,31 @@ _CACHES: dict[tuple[str, ...], dns.resolver.LRUCache] = {}
 def stub_resolver(settings: ResolverSettings) -> dns.resolver.Resolver:
     """A stub resolver asking the nameservers of settings (or of /etc/resolv.conf).
 
-    Cheap to make, so it is made per check: a change of network is seen by
-    the next one. The cache outlives it (LRUCache is thread-safe).
+    With nameservers configured, one stub per settings is kept and shared by
+    the checks' threads (dnspython's resolve() is safe to call from several);
+    the system's is made per check, so a change of network is seen by the
+    next one. The answer cache outlives both (LRUCache is thread-safe).
     """
     if settings.nameservers:
-        stub = dns.resolver.Resolver(configure=False)
-        stub.nameservers = [
-            dns.nameserver.Do53Nameserver(address, port)
-            for address, port in map(parse_nameserver, settings.nameservers)
-        ]
-    else:
-        try:
-            stub = dns.resolver.Resolver(configure=True)
-        except dns.resolver.NoResolverConfiguration:
-            stub = dns.resolver.Resolver(configure=False)  # every lookup: temperror
+        return _configured_stub(settings)
+    try:
+        stub = dns.resolver.Resolver(configure=True)
+    except dns.resolver.NoResolverConfiguration:
+        stub = dns.resolver.Resolver(configure=False)  # every lookup: temperror
+    return _tuned(stub, settings)
+
+
+@functools.lru_cache(maxsize=_MAX_CACHES)
+def _configured_stub(settings: ResolverSettings) -> dns.resolver.Resolver:
+    stub = dns.resolver.Resolver(configure=False)
+    stub.nameservers = [
+        dns.nameserver.Do53Nameserver(address, port)
+        for address, port in map(parse_nameserver, settings.nameservers)
+    ]
+    return _tuned(stub, settings)
+
+
+def _tuned(stub: dns.resolver.Resolver, settings: ResolverSettings) -> dns.resolver.Resolver:
     stub.timeout = settings.query_timeout  # one try at one nameserver
     stub.lifetime = settings.lookup_timeout
     stub.use_edns(0, 0, EDNS_PAYLOAD)

@@ -145,6 +145,8 @@ def verify_dkim(
 
     now is the verification time (seconds since the epoch) for x=; tests set it.
     """
+    if not _MAY_BE_SIGNED.search(message):
+        return []  # most mail: no need for dkimpy to parse it at all
     parsed = _parse(message)
     if parsed is None:
         return []
@@ -158,6 +160,11 @@ def verify_dkim(
             continue
         results.append(_verify_one(parsed, index, value, txt_lookup, clock))
     return results
+
+
+# A line that starts like a signature field, anywhere (a body line too: then
+# dkimpy's parse decides); without one the message holds no signature.
+_MAY_BE_SIGNED = re.compile(rb"^dkim-signature[ \t]*:", re.IGNORECASE | re.MULTILINE)
 
 
 def _parse(message: bytes | memoryview) -> dkim.DKIM | None:

@@ -242,9 +242,7 @@ class SmtpSession(Session):
             transaction = MailTransaction()
             if ctx.checker is not None:
                 # Checked while the client sends its recipients and data.
-                transaction.spf = asyncio.get_running_loop().run_in_executor(
-                    None, ctx.checker.spf, self.client, event.address, conn.helo or ""
-                )
+                transaction.spf = ctx.checker.spf_soon(self.client, event.address, conn.helo or "")
             return transaction
         if isinstance(event, RcptTo):
             try:
