@@ -212,7 +212,8 @@ def inputs_digest(board: Board, pyz: Path) -> str:
     files = [Path(__file__), HW / board.name / "board.toml", pyz]
     files += sorted(p for p in ROOTFS.rglob("*") if p.is_file() or p.is_symlink())
     for path in files:
-        digest.update(str(path.relative_to(REPO)).encode() + b"\0")
+        label = path.relative_to(REPO) if path.is_relative_to(REPO) else Path(path.name)
+        digest.update(str(label).encode() + b"\0")
         content = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
         digest.update(hashlib.sha256(content).digest())
         digest.update(oct(path.lstat().st_mode).encode())
