@@ -17,7 +17,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "image"))
 import build  # noqa: E402
-
 import dist  # noqa: E402
 
 OUT = REPO / "dist"
