@@ -63,8 +63,3 @@ def board_image(name: str, pyz_files) -> tuple[build.Board, Path]:
 @pytest.fixture(scope="session")
 def x86_64_image(pyz_files) -> tuple[build.Board, Path]:
     return board_image("x86_64", pyz_files)
-
-
-@pytest.fixture(scope="session")
-def arm64_image(pyz_files) -> tuple[build.Board, Path]:
-    return board_image("arm64", pyz_files)
