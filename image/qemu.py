@@ -25,7 +25,7 @@ import build  # noqa: E402 - the sibling script
 
 # Seconds a clean power-off (ACPI power button, systemd shuts down) may take
 # under software emulation on a busy machine.
-POWERDOWN_TIMEOUT = 180.0
+POWERDOWN_TIMEOUT = 90.0
 POWER_BUTTON_REPEAT = 30.0  # seconds between presses of the button
 POLL_INTERVAL = 0.5
 
