@@ -89,7 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     p = update.add_parser("install", help="install a bundle into the other slot, boot it next")
     p.add_argument("source", metavar="FILE|URL")
+    p.add_argument(
+        "--reboot", metavar="now|HH:MM", help="restart into it at once or at that time (UTC)"
+    )
     p.set_defaults(run=_update_install)
+    p = update.add_parser(
+        "install-incoming", help="as root: install the bundle the service handed over"
+    )
+    p.set_defaults(run=_update_install_incoming)
+    p = update.add_parser("booted", help="after boot-complete: record booted good or rolled back")
+    p.set_defaults(run=_update_booted)
     p = update.add_parser("status", help="the running slot, the last update, a rollback")
     p.set_defaults(run=_update_status)
     p = update.add_parser("keygen", help="make a signing key pair (KEY and KEY.pub)")
@@ -353,7 +362,7 @@ def _queue_bounce(args) -> int:
 def _update_install(args) -> int:
     from pathlib import Path
 
-    from appliance.update import install
+    from appliance.update import handoff, install
     from appliance.update.bundle import BundleError
     from appliance.update.keys import KeyringError
 
@@ -364,13 +373,49 @@ def _update_install(args) -> int:
     else:
         chunks = install.file_chunks(Path(args.source), update.chunk_size)
     try:
-        done = install.install(update, settings.data_dir, chunks)
+        reboot = handoff.reboot_choice(args.reboot)
+        with handoff.receiver(update, settings.data_dir, reboot) as receiver:
+            for chunk in chunks:
+                receiver.feed(chunk)
+            done = receiver.finish()
     except (BundleError, install.InstallError, KeyringError) as refusal:
         raise UsageError(f"update refused: {refusal}") from None
+    if isinstance(done, handoff.Handed):
+        print(
+            f"checked {done.version}: handed to the installer, which writes it into the "
+            "other slot now; `appliance update status` says how it went"
+        )
+        return 0
     print(
         f"installed {done.version} into slot {done.slot}: it starts at the next reboot, "
         f"and after {update.tries} failed boots the box goes back to {__version__}"
     )
+    handoff.restart(update, reboot)
+    return 0
+
+
+def _update_install_incoming(args) -> int:
+    from appliance.update import handoff, install
+    from appliance.update.bundle import BundleError
+    from appliance.update.keys import KeyringError
+
+    settings = config.load(config.data_dir_from(args.data))
+    try:
+        done = handoff.install_incoming(settings.update, settings.data_dir)
+    except (BundleError, install.InstallError, KeyringError) as refusal:
+        raise UsageError(f"update refused: {refusal}") from None
+    if done is not None:
+        print(f"installed {done.version} into slot {done.slot}")
+    return 0
+
+
+def _update_booted(args) -> int:
+    from appliance.update import install
+
+    settings = config.load(config.data_dir_from(args.data))
+    recorded = install.record_boot(settings.update, settings.data_dir)
+    if recorded is not None:
+        print(f"update {recorded['version']} in slot {recorded['slot']}: {recorded['result']}")
     return 0
 
 

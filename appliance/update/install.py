@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import re
+import stat
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -55,8 +56,12 @@ log = logging.getLogger("appliance.update")
 
 STATE_DIR = "update"  # under the data directory
 STATE_FILE = "state.json"
+# Where the service hands a checked bundle to the root installer (handoff.py).
+INCOMING_DIR = "update-incoming"
+INCOMING_BUNDLE = "bundle"
 LOCK_FILE = "install.lock"
 PARTIAL_SUFFIX = ".partial"  # a boot file whose hash is not yet known to match
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 # systemd-boot's boot counting names (Boot Loader Specification, "Boot counting").
 ENTRY_NAME = re.compile(r"slot-(?P<slot>[a-z])(?:\+(?P<left>\d+)(?:-(?P<done>\d+))?)?\.conf")
 
@@ -149,7 +154,7 @@ def _remove_entries(settings: UpdateSettings, slot: str) -> None:
     for path in directory.glob(f"slot-{slot}*.conf"):
         if ENTRY_NAME.fullmatch(path.name):
             path.unlink()
-    _sync_directory(directory)
+    sync_directory(directory)
 
 
 def _new_entry(settings: UpdateSettings, running: BootEntry, slot: str, version: str) -> str:
@@ -188,7 +193,7 @@ def _write_entry(settings: UpdateSettings, text: str, slot: str) -> Path:
     return path
 
 
-def _sync_directory(directory: Path) -> None:
+def sync_directory(directory: Path) -> None:
     descriptor = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -214,12 +219,18 @@ class Installation:
     refusal and leaves the slot without a loader entry."""
 
     def __init__(
-        self, settings: UpdateSettings, data_dir: Path, running_version: str = __version__
+        self,
+        settings: UpdateSettings,
+        data_dir: Path,
+        running_version: str = __version__,
+        reboot: str | None = None,
     ):
         self.settings = settings
         self.data_dir = data_dir
         self.running_version = running_version
+        self.reboot = reboot  # what finish() records the owner chose: see reboot_choice
         state_dir(data_dir).mkdir(parents=True, exist_ok=True)
+        check_private(state_dir(data_dir))
         self._lock = _take_lock(state_dir(data_dir) / LOCK_FILE)
         self.keyring = keyring(settings, data_dir)
         self.reader = BundleReader(self.keyring)
@@ -265,10 +276,10 @@ class Installation:
         for name, partial in self._boot_files.items():
             os.replace(partial, slot_dir / name)
         if self._boot_files:
-            _sync_directory(slot_dir)
+            sync_directory(slot_dir)
         self._boot_files = {}
         entry = _write_entry(self.settings, self._entry_text, self.slot)
-        installed = _attempt("installed", manifest.version, self.slot)
+        installed = _attempt("installed", manifest.version, self.slot) | {"reboot": self.reboot}
         _record(self.data_dir, highest_version=manifest.version, last=installed)
         self.keyring.apply(manifest.rotation)
         log.info(
@@ -283,22 +294,7 @@ class Installation:
     def _accept(self, manifest: Manifest) -> None:
         """The manifest's claims against this box, before a byte is written."""
         settings = self.settings
-        if manifest.product != settings.product:
-            raise InstallError(f"a bundle for {manifest.product}; this box is {settings.product}")
-        if manifest.board != settings.board:
-            raise InstallError(f"a bundle for board {manifest.board}; this box is {settings.board}")
-        highest = highest_version(self.data_dir, self.running_version)
-        if version_key(manifest.version) <= version_key(highest):
-            raise InstallError(
-                f"version {manifest.version} is not newer than {highest}, "
-                "the newest this box has run or installed"
-            )
-        if version_key(self.running_version) < version_key(manifest.min_version):
-            raise InstallError(
-                f"version {manifest.version} installs over {manifest.min_version} or later; "
-                f"this box runs {self.running_version}: install {manifest.min_version} first"
-            )
-        self.keyring.check_rotation(manifest.rotation)
+        check_manifest(settings, self.data_dir, self.running_version, self.keyring, manifest)
         self.slot = inactive_slot(settings)
         running = boot_entries(settings).get(running_slot(settings))
         if running is None:
@@ -317,7 +313,8 @@ class Installation:
                 f"slot {self.slot} of {capacity} bytes"
             )
         _remove_entries(settings, self.slot)
-        _record(self.data_dir, last=_attempt("writing", manifest.version, self.slot))
+        writing = _attempt("writing", manifest.version, self.slot) | {"boot": _boot_id()}
+        _record(self.data_dir, last=writing)
         log.info("update writing version=%s slot=%s", manifest.version, self.slot)
 
     def _write(self, event: PartBytes) -> None:
@@ -364,6 +361,52 @@ class Installation:
         log.info("update result=refused version=%s slot=%s reason=%s", version, slot, reason)
 
 
+def check_manifest(
+    settings: UpdateSettings,
+    data_dir: Path,
+    running_version: str,
+    trusted: keys.Keyring,
+    manifest: Manifest,
+) -> None:
+    """A verified manifest against this box: product, board, anti-rollback, min_version."""
+    if manifest.product != settings.product:
+        raise InstallError(f"a bundle for {manifest.product}; this box is {settings.product}")
+    if manifest.board != settings.board:
+        raise InstallError(f"a bundle for board {manifest.board}; this box is {settings.board}")
+    highest = highest_version(data_dir, running_version)
+    if version_key(manifest.version) <= version_key(highest):
+        raise InstallError(
+            f"version {manifest.version} is not newer than {highest}, "
+            "the newest this box has run or installed"
+        )
+    if version_key(running_version) < version_key(manifest.min_version):
+        raise InstallError(
+            f"version {manifest.version} installs over {manifest.min_version} or later; "
+            f"this box runs {running_version}: install {manifest.min_version} first"
+        )
+    trusted.check_rotation(manifest.rotation)
+
+
+def check_private(directory: Path) -> None:
+    """The state says which keys are trusted: only the installer's user may
+    have written it (on the box, root; the service runs as user mail)."""
+    for path in [directory, *directory.iterdir()]:
+        info = path.lstat()
+        if info.st_uid != os.geteuid() or info.st_mode & 0o022 or stat.S_ISLNK(info.st_mode):
+            raise InstallError(
+                f"{path} is not the installer's alone (owner {info.st_uid}, "
+                f"mode {stat.filemode(info.st_mode)}): its trust is void; remove it"
+            )
+
+
+def _boot_id() -> str:
+    """This boot's random id: a "writing" state from another boot was interrupted."""
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
+
+
 def _take_lock(path: Path) -> int:
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -384,9 +427,10 @@ def install(
     data_dir: Path,
     chunks: Iterable[bytes],
     running_version: str = __version__,
+    reboot: str | None = None,
 ) -> Installed:
     """Install the bundle whose bytes chunks yields."""
-    with Installation(settings, data_dir, running_version) as installation:
+    with Installation(settings, data_dir, running_version, reboot) as installation:
         for chunk in chunks:
             installation.feed(chunk)
         return installation.finish()
@@ -419,35 +463,63 @@ class UpdateStatus:
     last: dict | None  # the last attempt: result, version, slot, message, time
     entries: dict[str, BootEntry]
     summary: str  # one line for the owner
+    # A bundle handed to the root installer (handoff.py) that it has not taken yet.
+    waiting: bool = False
+
+    @property
+    def busy(self) -> bool:
+        """Whether the page should look again in a moment."""
+        return self.waiting or self.summary.startswith("Installing")
 
 
 def status(
     settings: UpdateSettings, data_dir: Path, running_version: str = __version__
 ) -> UpdateStatus:
     running = running_slot(settings)
-    entries = boot_entries(settings)
+    try:
+        entries: dict[str, BootEntry] | None = boot_entries(settings)
+    except PermissionError:
+        entries = None  # the service on the box: the ESP is root's alone
     last = read_state(data_dir).get("last")
+    waiting = (data_dir / INCOMING_DIR / INCOMING_BUNDLE).exists()
+    summary = _summary(settings, running, last, entries)
+    if waiting:
+        summary = (
+            "An update passed its checks and waits for the installer, which writes it "
+            "into the other slot in a moment."
+        )
     return UpdateStatus(
         running_slot=running,
         running_version=running_version,
         highest_version=highest_version(data_dir, running_version),
         last=last,
-        entries=entries,
-        summary=_summary(settings, running, last, entries),
+        entries=entries or {},
+        summary=summary,
+        waiting=waiting,
     )
 
 
-def _summary(settings, running: str | None, last: dict | None, entries) -> str:
+def _summary(settings, running: str | None, last: dict | None, entries: dict | None) -> str:
     if last is None:
         return "No update has been installed on this box."
-    version, slot = last["version"], last["slot"]
-    if last["result"] == "refused":
+    version, slot, result = last["version"], last["slot"], last["result"]
+    if result == "refused":
         return f"The last update ({version}) was refused: {last['message']}"
-    if last["result"] == "writing":
+    if result == "rolled back":
+        return f"Rolled back: {last['message']}"
+    if result == "good":
+        return f"Running {version} from slot {slot}: it passed its health check (booted good)."
+    if result == "writing":
+        if last.get("boot") and last.get("boot") == _boot_id():
+            return f"Installing {version} into slot {slot}: writing it now."
         return (
             f"Installing {version} into slot {slot} did not finish (interrupted); "
             "that slot does not boot. Install it again."
         )
+    if entries is None:  # what systemd-boot made of it is unknown here: record_boot says
+        if running == slot:
+            return f"Running {version} from slot {slot} on trial, until its health check passes."
+        return f"{version} is installed in slot {slot}: {_when_it_starts(last.get('reboot'))}"
     entry = entries.get(slot)
     if running == slot:
         if entry is not None and entry.tries_left is None:
@@ -459,8 +531,50 @@ def _summary(settings, running: str | None, last: dict | None, entries) -> str:
             )
         return f"Running {version} from slot {slot} on trial, until its health check passes."
     if entry is None or entry.exhausted:
-        return (
-            f"Rolled back: {version} in slot {slot} did not pass its health check in "
-            f"{settings.tries} boots; the box runs slot {running} again."
-        )
-    return f"{version} is installed in slot {slot}: it starts at the next reboot."
+        reason = _rollback_reason(settings, last, entry)
+        return f"Rolled back: {reason}; the box runs slot {running}."
+    return f"{version} is installed in slot {slot}: {_when_it_starts(last.get('reboot'))}"
+
+
+def _when_it_starts(reboot: str | None) -> str:
+    if reboot == "now":
+        return "the box restarts now to start it."
+    if reboot:
+        return f"the box restarts at {reboot} (UTC) to start it."
+    return "it starts at the next reboot."
+
+
+def _rollback_reason(settings, last: dict, entry: BootEntry | None) -> str:
+    tries = settings.tries if entry is None else entry.tries_done
+    shown = "its boot entry is gone" if entry is None else entry.path.name
+    return (
+        f"{last['version']} in slot {last['slot']} did not pass its health check in "
+        f"{tries} boots ({shown})"
+    )
+
+
+# -- after a boot: good, or rolled back -------------------------------------------------------
+
+
+def record_boot(
+    settings: UpdateSettings, data_dir: Path, running_version: str = __version__
+) -> dict | None:
+    """After boot-complete.target: the installed update booted good, or the
+    boot loader went back to the other slot. Returns what it recorded, if anything."""
+    last = read_state(data_dir).get("last")
+    if not last or last.get("result") != "installed":
+        return None
+    running = running_slot(settings)
+    entry = boot_entries(settings).get(last["slot"])
+    version, slot = last["version"], last["slot"]
+    if running == slot and entry is not None and entry.tries_left is None:
+        outcome = _attempt("good", version, slot, f"runs {running_version}")
+        log.info("update result=good version=%s slot=%s", version, slot)
+    elif running != slot and (entry is None or entry.exhausted):
+        reason = _rollback_reason(settings, last, entry)
+        outcome = _attempt("rolled back", version, slot, f"{reason}; the box runs slot {running}")
+        log.warning("update result=rolled-back version=%s slot=%s reason=%s", version, slot, reason)
+    else:
+        return None  # not booted yet, or still on trial
+    _record(data_dir, last=outcome)
+    return outcome

@@ -22,6 +22,9 @@ _BOARD_OF_MACHINE = {"x86_64": "x86_64", "aarch64": "arm64"}
 _ROOT_SPELLINGS = {"/dev/disk/by-partlabel/": "PARTLABEL=", "/dev/disk/by-partuuid/": "PARTUUID="}
 
 
+HANDOFF_CHOICES = ("auto", "always")
+
+
 def _default_board() -> str:
     return _BOARD_OF_MACHINE.get(platform.machine(), platform.machine())
 
@@ -49,12 +52,25 @@ class UpdateSettings:
     chunk_size: int = 1 << 20
     # A download from a URL: seconds allowed between two pieces arriving.
     download_timeout: float = 60.0
+    # Who writes the slot. "auto": this process when it can write the
+    # inactive slot and the ESP (root on the console, tests with fake
+    # slots); otherwise it checks the bundle and hands it to the root unit
+    # appliance-update.service through DATA/update-incoming ("always").
+    handoff: str = "auto"
+    # How the box restarts into a new slot: at once, or at a time the owner
+    # picked ({time} is HH:MM, which shutdown(8) takes).
+    reboot_command: tuple[str, ...] = ("systemctl", "reboot")
+    scheduled_reboot_command: tuple[str, ...] = ("shutdown", "-r", "{time}")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "esp", Path(self.esp))
         object.__setattr__(self, "cmdline", Path(self.cmdline))
         if self.keyring is not None:
             object.__setattr__(self, "keyring", Path(self.keyring))
+        for name in ("reboot_command", "scheduled_reboot_command"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.handoff not in HANDOFF_CHOICES:
+            raise ValueError(f"update.handoff: one of {', '.join(HANDOFF_CHOICES)}")
         if not 1 <= self.tries <= 9:
             raise ValueError("update.tries: 1 to 9 boot tries")
         if self.chunk_size < 4096 or self.download_timeout <= 0:

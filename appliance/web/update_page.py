@@ -1,15 +1,18 @@
 """The administrator's update page: upload a signed bundle, see what became of it.
 
-The bundle goes from the request into the inactive slot piece by piece
-(aiohttp's multipart reader), verified and hashed on the way by
-appliance.update: never whole in memory, never on /data. The form sends
-its CSRF token as the first field, before the file, and this handler checks
-it before it reads a byte of the bundle: app.py's CSRF rule cannot read the
-form first without taking the whole upload in (STREAMED_UPLOADS).
+The bundle goes from the request piece by piece (aiohttp's multipart
+reader), verified and hashed on the way by appliance.update, never whole in
+memory: into the inactive slot when this process may write it, otherwise
+(on the box, where the service runs as user mail) to the incoming file that
+the root installer takes over (appliance/update/handoff.py), with the
+owner's choice of when to restart. The form sends its CSRF token as the
+first field, then the reboot choice, then the file; this handler checks the
+token before it reads a byte of the bundle: app.py's CSRF rule cannot read
+the form first without taking the whole upload in (STREAMED_UPLOADS).
 
-While an install runs, the page shows how far it got and reloads itself
-(the Refresh header: no script needed); afterwards it shows the result,
-which is also kept on /data for `appliance update status`.
+While an upload or an install runs, the page shows how far it got and
+reloads itself (the Refresh header: no script needed); afterwards it shows
+the result, which the installer keeps on /data for `appliance update status`.
 """
 
 from __future__ import annotations
@@ -32,13 +35,13 @@ from appliance.web.pages import (
 )
 
 if TYPE_CHECKING:
-    from appliance.update import install
+    from appliance.update import handoff, install
 
 UPLOAD_PATH = "/admin/update"
 # POSTs whose handler checks the form's CSRF token itself, from the first
 # form field, because the rest of the body is too large to read up front.
 STREAMED_UPLOADS = frozenset({UPLOAD_PATH})
-# A CSRF token is 43 characters; a first field longer than this is not one.
+# A CSRF token is 43 characters, a reboot choice 5: fields longer than this are not ours.
 TOKEN_FIELD_LIMIT = 256
 # Pieces in which the rest of a refused upload is read and dropped.
 DISCARD_CHUNK = 1 << 20
@@ -48,9 +51,9 @@ PROGRESS_REFRESH = 3
 
 @dataclass(slots=True)
 class Progress:
-    """The install under way (one at a time: install.py holds a lock)."""
+    """The upload under way (one at a time: install.py and handoff.py hold locks)."""
 
-    installation: install.Installation | None = None
+    installation: install.Installation | handoff.Handoff | None = None
 
     @property
     def running(self) -> bool:
@@ -83,13 +86,14 @@ async def update_page(request: web.Request) -> web.Response:
         progress=progress.installation,
         tries=ctx.settings.update.tries,
     )
-    if progress.running:
+    if progress.running or found.busy:
         response.headers["Refresh"] = str(PROGRESS_REFRESH)
     return response
 
 
 async def upload_bundle(request: web.Request) -> web.Response:
     from appliance.update.bundle import BundleError
+    from appliance.update.handoff import Handed, reboot_choice
     from appliance.update.install import InstallError
     from appliance.update.keys import KeyringError
 
@@ -99,25 +103,54 @@ async def upload_bundle(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="Send the bundle with the update page's form.")
     form = await request.multipart()
     await _check_token(request, await form.next())
-    bundle = await form.next()
+    fields, bundle = await _fields_before_file(form)
     if not isinstance(bundle, BodyPartReader) or bundle.name != "bundle" or not bundle.filename:
         notice(request, "Not installed: choose a bundle file.")
         raise redirect(UPLOAD_PATH)
     try:
-        installed = await _install(request, bundle)
+        when = fields.get("reboot_at") if fields.get("reboot") == "at" else fields.get("reboot")
+        reboot = reboot_choice(when)
+        done = await _receive(request, bundle, reboot)
     except (BundleError, InstallError, KeyringError, OSError) as refusal:
         await _discard_rest(bundle)
         audit(request, action="update.refused", file=bundle.filename, reason=str(refusal))
         notice(request, f"Not installed: {refusal}")
-    else:
-        audit(request, action="update.install", version=installed.version, slot=installed.slot)
+        raise redirect(UPLOAD_PATH) from None
+    if isinstance(done, Handed):
+        audit(request, action="update.handoff", version=done.version, reboot=done.reboot or "-")
         notice(
             request,
-            f"Installed {installed.version} into slot {installed.slot}. It starts at the next "
-            f"reboot; if it fails its health check {ctx.settings.update.tries} times, the box "
-            "goes back to the version running now.",
+            f"Checked {done.version}: its signature and contents are good. The installer "
+            "writes it into the other slot now; this page shows how it goes.",
         )
+        raise redirect(UPLOAD_PATH)
+    audit(request, action="update.install", version=done.version, slot=done.slot)
+    notice(
+        request,
+        f"Installed {done.version} into slot {done.slot}. It starts at the next "
+        f"reboot; if it fails its health check {ctx.settings.update.tries} times, the box "
+        "goes back to the version running now.",
+    )
+    await asyncio.get_running_loop().run_in_executor(None, _restart, ctx, reboot)
     raise redirect(UPLOAD_PATH)
+
+
+def _restart(ctx, reboot: str | None) -> None:
+    from appliance.update.handoff import restart
+
+    restart(ctx.settings.update, reboot)
+
+
+async def _fields_before_file(form) -> tuple[dict[str, str], object]:
+    """The small fields the form sends between its token and its file."""
+    fields: dict[str, str] = {}
+    part = await form.next()
+    while isinstance(part, BodyPartReader) and part.name != "bundle":
+        value = await part.read_chunk(TOKEN_FIELD_LIMIT)
+        fields[part.name or ""] = value.decode("ascii", "replace")
+        await _discard_rest(part)
+        part = await form.next()
+    return fields, part
 
 
 async def _check_token(request: web.Request, field) -> None:
@@ -141,19 +174,20 @@ async def _discard_rest(bundle: BodyPartReader) -> None:
         pass
 
 
-async def _install(request: web.Request, bundle: BodyPartReader) -> install.Installed:
-    """Each piece of the upload into the installer, whose writes run off the loop."""
-    from appliance.update import install
+async def _receive(request: web.Request, bundle: BodyPartReader, reboot: str | None):
+    """Each piece of the upload into the installer or the hand-off, whose
+    writes run off the loop."""
+    from appliance.update import handoff
 
     ctx = context(request)
     settings = ctx.settings.update
     loop = asyncio.get_running_loop()
     progress = request.app[PROGRESS]
-    with install.Installation(settings, ctx.data_dir) as installation:
-        progress.installation = installation
+    with handoff.receiver(settings, ctx.data_dir, reboot) as receiver:
+        progress.installation = receiver
         try:
             while chunk := await bundle.read_chunk(settings.chunk_size):
-                await loop.run_in_executor(None, installation.feed, chunk)
-            return await loop.run_in_executor(None, installation.finish)
+                await loop.run_in_executor(None, receiver.feed, chunk)
+            return await loop.run_in_executor(None, receiver.finish)
         finally:
             progress.installation = None

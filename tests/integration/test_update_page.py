@@ -48,7 +48,9 @@ class Box:
         return sorted(p.name for p in (self.root / "esp" / "loader" / "entries").iterdir())
 
 
-def make_box(root: Path, slot_size: int = SLOT_SIZE, chunk_size: int | None = 4096) -> Box:
+def make_box(
+    root: Path, slot_size: int = SLOT_SIZE, chunk_size: int | None = 4096, **more: object
+) -> Box:
     lay_out_esp(root / "esp", root / "slot-a", root / "slot-b")
     for slot in ("a", "b"):
         with open(root / f"slot-{slot}", "wb") as file:
@@ -66,6 +68,7 @@ def make_box(root: Path, slot_size: int = SLOT_SIZE, chunk_size: int | None = 40
     }
     if chunk_size is not None:  # smaller than a test bundle: it arrives in pieces, as large ones do
         update["chunk_size"] = chunk_size
+    update |= more
     return Box(set_up_appliance(root / "data", update=update), root, key)
 
 
@@ -84,11 +87,13 @@ def admin(box):
         yield browser
 
 
-def upload(browser: Browser, path: Path, token: str | None) -> Page:
-    """The update form as a browser sends it: the token first, then the file."""
+def upload(browser: Browser, path: Path, token: str | None, **choices: str) -> Page:
+    """The update form as a browser sends it: the token first, the choices, then the file."""
     form = aiohttp.FormData()
     if token is not None:
         form.add_field("csrf", token)
+    for name, value in choices.items():
+        form.add_field(name, value)
     with open(path, "rb") as file:
         form.add_field("bundle", file, filename=path.name, content_type="application/octet-stream")
         return browser.post("/admin/update", data=form)
@@ -239,3 +244,59 @@ def test_while_a_bundle_arrives_the_page_shows_how_far_it_got(box, admin):
     assert status == 303
     assert "slot-b+3.conf" in box.entry_names()
     assert "Refresh" not in admin.get("/admin/update").headers  # done: no more reloading
+
+
+@pytest.fixture
+def handing_box(tmp_path):
+    """The box as on the device: the service hands bundles to the root
+    installer, here the CLI run by the test; its reboots are lines in a file."""
+    record = ["sh", "-c", f'echo "$0" >>{tmp_path / "reboots"}']
+    found = make_box(
+        tmp_path,
+        handoff="always",
+        reboot_command=[*record, "now"],
+        scheduled_reboot_command=[*record, "at {time}"],
+    )
+    try:
+        yield found
+    finally:
+        found.app.stop()
+
+
+def test_a_handed_off_bundle_is_installed_by_the_root_side_at_the_time_chosen(
+    handing_box, tmp_path
+):
+    box = handing_box
+    bundle = tmp_path / "appliance.bundle"
+    bundle.write_bytes(make_bundle(box.key, version=NEWER))
+    with log_in(box.app, ADMIN, ADMIN_PASSWORD) as admin:
+        token = admin.get("/admin/update").csrf()
+        sent = upload(admin, bundle, token, reboot="at", reboot_at="04:15")
+        assert sent.status == 303, sent.text[:500]
+        page = admin.get("/admin/update")
+        assert page.notices()[0].startswith(f"Checked {NEWER}: its signature and contents")
+        assert "waits for the installer" in page.text
+        assert page.headers.get("Refresh") == "3"
+        assert box.entry_names() == ["slot-a.conf", "slot-b.conf"]  # the service wrote nothing
+
+        done = box.app.cli("update", "install-incoming")  # what appliance-update.service runs
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == f"installed {NEWER} into slot b\n"
+        page = admin.get("/admin/update")
+    assert f"{NEWER} is installed in slot b: the box restarts at 04:15 (UTC)" in page.text
+    assert box.entry_names() == ["slot-a.conf", "slot-b+3.conf"]
+    assert (tmp_path / "reboots").read_text() == "at 04:15\n"
+    assert not (box.app.data / "update-incoming" / "bundle").exists()
+
+
+def test_the_service_refuses_a_wrong_board_before_handing_it_off(handing_box, tmp_path):
+    box = handing_box
+    bundle = tmp_path / "arm64.bundle"
+    bundle.write_bytes(make_bundle(box.key, version=NEWER, board="arm64"))
+    with log_in(box.app, ADMIN, ADMIN_PASSWORD) as admin:
+        token = admin.get("/admin/update").csrf()
+        assert upload(admin, bundle, token, reboot="now").status == 303
+        page = admin.get("/admin/update")
+    assert page.notices()[0] == "Not installed: a bundle for board arm64; this box is x86_64"
+    assert not (box.app.data / "update-incoming" / "bundle").exists()
+    assert not (tmp_path / "reboots").exists()

@@ -79,6 +79,10 @@ class Box:
 
 @pytest.fixture
 def box(tmp_path) -> Box:
+    return make_box(tmp_path)
+
+
+def make_box(tmp_path: Path) -> Box:
     """Running slot a; slot b holds the previous version with a good entry."""
     (tmp_path / "slot-a").write_bytes(SLOT_A_IMAGE.ljust(SLOT_SIZE, b"\0"))
     (tmp_path / "slot-b").write_bytes(b"\xee" * SLOT_SIZE)
@@ -263,10 +267,15 @@ def test_a_second_install_at_the_same_time_is_refused(box):
             Installation(box.settings, box.data, RUNNING)
 
 
-def test_an_interrupted_install_says_so_and_the_next_attempt_installs(box):
+def test_an_interrupted_install_says_so_and_the_next_attempt_installs(box, monkeypatch):
+    boot_id = box.root / "boot_id"
+    boot_id.write_text("first boot\n")
+    monkeypatch.setattr(install, "BOOT_ID", boot_id)
     installation = Installation(box.settings, box.data, RUNNING)
     installation.feed(make_bundle(box.key)[:2000])
+    assert box.status().summary == "Installing 1.1.0 into slot b: writing it now."
     installation.__exit__(None, None, None)  # the process died: nothing recorded but "writing"
+    boot_id.write_text("the next boot\n")  # the power cut: the box started again
     assert "did not finish (interrupted)" in box.status().summary
     assert box.entries() == ["slot-a.conf"]
     box.install(make_bundle(box.key))
