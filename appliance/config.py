@@ -16,6 +16,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.files import replace_file
 from appliance.imap.protocol import Limits as ImapLimits
 from appliance.login import LoginSettings
 from appliance.pop3.protocol import Limits as Pop3Limits
@@ -25,6 +26,9 @@ from appliance.store import StoreSettings
 from appliance.update.settings import UpdateSettings
 
 CONFIG_NAME = "appliance.toml"
+# The settings may name secrets (a relay password): readable by the service
+# and root alone.
+CONFIG_MODE = 0o600
 DEFAULT_DATA_DIR = "./var"
 
 # Where a device listens when appliance.toml has no [listen] table.
@@ -452,9 +456,7 @@ def set_hostname(data_dir: Path, hostname: str) -> None:
             break
     else:
         lines.insert(0, entry)
-    temporary = path.with_suffix(".toml.tmp")
-    temporary.write_text("\n".join(lines) + "\n")
-    os.replace(temporary, path)
+    replace_file(path, ("\n".join(lines) + "\n").encode(), CONFIG_MODE)
 
 
 def _toml_string(value: str) -> str:

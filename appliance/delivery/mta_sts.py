@@ -49,7 +49,6 @@ import logging
 import os
 import re
 import ssl
-import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -59,6 +58,7 @@ import dns.exception
 import dns.name
 
 from appliance.delivery.dns import DnsError, MxTarget, Resolver
+from appliance.files import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -630,29 +630,9 @@ class PolicyCache:
                 sort_keys=True,
             )
             try:
-                await asyncio.to_thread(_write_atomically, self._path, text)
+                await asyncio.to_thread(replace_file, self._path, text.encode("utf-8"))
             except OSError as error:
                 log.warning("mta-sts cache-not-saved path=%s error=%r", self._path, error)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace path by text: a crash leaves the old file or the new one, never a part."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power loss
-    finally:
-        os.close(directory)
 
 
 def _key(domain: str) -> str:

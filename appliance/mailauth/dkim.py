@@ -65,6 +65,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from appliance.addresses import AddressError, normalize_domain
+from appliance.files import sync_directory
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ def remove_retired(
                 (directory / selector.file_name).unlink(missing_ok=True)
                 removed.append(selector)
     if removed:
-        _sync_directory(directory)
+        sync_directory(directory)
         names = ",".join(selector.name for selector in removed)
         log.info("dkim keys removed domain=%s selectors=%s", domain, names)
     return sorted(removed)
@@ -273,8 +274,8 @@ def _make_pair(
         selector = Selector(created, sequence, algorithm)
         _write_new_file(directory / selector.file_name, _new_private_key(algorithm))
         made.append(selector.name)
-    _sync_directory(directory)
-    _sync_directory(directory.parent)  # in case the domain's directory is new
+    sync_directory(directory)
+    sync_directory(directory.parent)  # in case the domain's directory is new
     log.info("dkim keys made domain=%s selectors=%s", domain, ",".join(made))
 
 
@@ -343,14 +344,6 @@ def _write_new_file(path: Path, data: bytes) -> None:
         os.link(temporary, path)
     finally:
         os.unlink(temporary)
-
-
-def _sync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _utc_today() -> datetime.date:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
 import ssl
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from appliance.files import replace_file
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,7 @@ def uploaded_paths(data_dir: Path) -> tuple[Path, Path]:
 def write_private(path: Path, data: bytes) -> None:
     """Write a key or certificate readable by the service alone, replacing any
     old one in one rename, so a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    replace_file(path, data, 0o600)
 
 
 def ensure_self_signed(data_dir: Path, hostname: str) -> tuple[Path, Path]:
