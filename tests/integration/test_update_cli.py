@@ -184,3 +184,34 @@ def _make_bundle(**variables: str) -> subprocess.CompletedProcess:
         text=True,
         timeout=MAKE_TIMEOUT,
     )
+
+
+def test_the_cli_hands_off_installs_as_root_and_records_the_boot(box, tmp_path):
+    """The box's path: the service hands over, the root unit installs and
+    reboots, the next boot's oneshot records "good"."""
+    reboots = tmp_path / "reboots"
+    with open(box.data / "appliance.toml", "a") as settings:
+        settings.write(
+            f'handoff = "always"\nreboot_command = ["sh", "-c", \'echo now >>{reboots}\']\n'
+        )
+    bundle = tmp_path / "appliance.bundle"
+    bundle.write_bytes(make_bundle(box.key, version=NEWER))
+    handed = box.update("install", str(bundle), "--reboot", "now")
+    assert handed.returncode == 0, handed.stderr
+    assert handed.stdout.startswith(f"checked {NEWER}: handed to the installer")
+    assert box.entry_names() == ["slot-a.conf", "slot-b.conf"]
+
+    installed = box.update("install-incoming")  # appliance-update.service
+    assert installed.returncode == 0, installed.stderr
+    assert reboots.read_text() == "now\n"
+    assert box.entry_names() == ["slot-a.conf", "slot-b+3.conf"]
+
+    # The boot into slot b: systemd-boot counts a try, the health check passes,
+    # systemd-bless-boot drops the counter, then appliance-booted.service.
+    (tmp_path / "cmdline").write_text(boot_command_line(tmp_path / "slot-b"))
+    (box.entries / "slot-b+3.conf").rename(box.entries / "slot-b.conf")
+    booted = box.update("booted")
+    assert booted.returncode == 0, booted.stderr
+    assert booted.stdout == f"update {NEWER} in slot b: good\n"
+    status = box.update("status").stdout
+    assert f"Running {NEWER} from slot b: it passed its health check (booted good)." in status
