@@ -137,6 +137,15 @@ def new_page(browser: Browser, base_url: str | None = None, viewport: str = "des
         context.close()
 
 
+def browser_log_in(page: Page, address: str, password: str) -> None:
+    """Log in through the login page as a person does; the page's base_url is the box's."""
+    page.goto("/login")
+    page.get_by_label("Address", exact=True).fill(address)
+    page.get_by_label("Password", exact=True).fill(password)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Log in", exact=True).click()
+
+
 def axe_violations(page: Page, impacts: tuple[str, ...] = BLOCKING_IMPACTS) -> list[dict]:
     """axe-core's violations of the given impacts on the page as it is now.
 

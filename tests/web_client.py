@@ -9,17 +9,20 @@ imaplib, smtplib and the CLI.
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import html
 import imaplib
 import re
+import smtplib
 from dataclasses import dataclass
+from email.message import EmailMessage
 from http.cookies import Morsel, SimpleCookie
 from pathlib import Path
 
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from tests.conftest import Appliance
+from tests.conftest import PASSWORD, Appliance
 
 # An Argon2 hash, or a DKIM key made at setup, on a busy shared machine: far
 # below this, which bounds a hung server.
@@ -34,6 +37,9 @@ ADMIN_PASSWORD = "velvet tractor plum 42"
 # Passphrases check_strength accepts, for the accounts tests add.
 USER_PASSWORD = "lantern orchard 77 bicycle"
 NEW_PASSWORD = "granite meadow 19 harbour"
+
+# Where mail from outside comes from in these tests: a stranger's domain.
+STRANGER_ADDRESS = "zoe@elsewhere.test"
 
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -188,6 +194,24 @@ def imap_login_works(app: Appliance, address: str, password: str) -> bool:
             return False
         client.logout()
         return True
+
+
+def deliver(
+    app: Appliance, recipient: str, message: bytes | EmailMessage, sender: str = STRANGER_ADDRESS
+) -> None:
+    """A message from elsewhere, over SMTP to the box's port 25 listener."""
+    raw = (
+        message.as_bytes(policy=email.policy.SMTP) if isinstance(message, EmailMessage) else message
+    )
+    with smtplib.SMTP(app.host, app.port, timeout=REQUEST_TIMEOUT) as smtp:
+        smtp.sendmail(sender, [recipient], raw)
+
+
+def imap_client(app: Appliance, address: str) -> imaplib.IMAP4:
+    """A mail client logged in over IMAP (plain, on loopback); the caller logs out."""
+    client = imaplib.IMAP4(app.host, app.imap_port, timeout=REQUEST_TIMEOUT)
+    client.login(address, PASSWORD)
+    return client
 
 
 def set_up_appliance(data: Path, **settings: dict) -> Appliance:

@@ -26,6 +26,7 @@ from tests.browser import (
     CHROMIUM_ARGS,
     LAUNCH_TIMEOUT_MS,
     assert_accessible,
+    browser_log_in,
     missing_parts,
     new_page,
     screenshot,
@@ -644,7 +645,7 @@ def test_in_a_browser_a_file_is_sent_and_addresses_complete(box, tmp_path):
         )
         try:
             with new_page(chromium, box.https_url, "desktop") as page:
-                browser_log_in(page)
+                open_compose_as_ann(page)
                 page.get_by_label("To", exact=True).fill(
                     f"Yannick Yellow <yannick@remote.test>, {BOB}"
                 )
@@ -656,7 +657,7 @@ def test_in_a_browser_a_file_is_sent_and_addresses_complete(box, tmp_path):
                 assert page.get_by_role("status").filter(has_text="Message sent.").count() == 1
             for viewport in ("desktop", "phone"):
                 with new_page(chromium, box.https_url, viewport) as page:
-                    browser_log_in(page)
+                    open_compose_as_ann(page)
                     page.get_by_label("To", exact=True).press_sequentially(f"{BOB}, yell")
                     option = page.locator("#to-contacts option").first
                     option.wait_for(state="attached")  # the page's CSP forbids eval
@@ -672,11 +673,7 @@ def test_in_a_browser_a_file_is_sent_and_addresses_complete(box, tmp_path):
     assert (part.get_filename(), part.get_content()) == (upload.name, upload.read_bytes())
 
 
-def browser_log_in(page) -> None:
+def open_compose_as_ann(page) -> None:
     """Log in as ann in chromium and open the compose page."""
-    page.goto("/login")
-    page.get_by_label("Address", exact=True).fill(ANN)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    with page.expect_navigation():
-        page.get_by_role("button", name="Log in", exact=True).click()
+    browser_log_in(page, ANN, PASSWORD)
     page.goto("/mail/compose")

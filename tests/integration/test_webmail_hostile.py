@@ -33,6 +33,7 @@ from tests import hostile_html
 from tests.browser import (
     assert_accessible,
     browser_fixture,  # noqa: F401 - fixture browser
+    browser_log_in,
     new_page,
     screenshot,
 )
@@ -218,11 +219,7 @@ def test_opening_hostile_mail_runs_nothing_and_fetches_nothing_until_allowed(
     box, corpus, inbox, beacon, browser
 ):
     with new_page(browser, box.https_url) as page:
-        page.goto("/login")
-        page.get_by_label("Address", exact=True).fill(ANN)
-        page.get_by_label("Password", exact=True).fill(PASSWORD)
-        with page.expect_navigation():
-            page.get_by_role("button", name="Log in", exact=True).click()
+        browser_log_in(page, ANN, PASSWORD)
         page.goto(f"/mail/{inbox}", wait_until="load")
         time.sleep(SETTLE_SECONDS)
         assert page.title() == "Inbox · Mail box"
@@ -257,11 +254,7 @@ def test_opening_hostile_mail_runs_nothing_and_fetches_nothing_until_allowed(
         screenshot(page, "webmail-pixel-loaded")
 
     with new_page(browser, box.https_url, viewport="phone") as phone:
-        phone.goto("/login")
-        phone.get_by_label("Address", exact=True).fill(ANN)
-        phone.get_by_label("Password", exact=True).fill(PASSWORD)
-        with phone.expect_navigation():
-            phone.get_by_role("button", name="Log in", exact=True).click()
+        browser_log_in(phone, ANN, PASSWORD)
         phone.goto(f"/mail/{inbox}", wait_until="load")
         screenshot(phone, "webmail-hostile-list-phone")
         assert_accessible(phone)

@@ -15,7 +15,6 @@ import base64
 import email
 import email.policy
 import html
-import imaplib
 import re
 import secrets
 import smtplib
@@ -32,11 +31,12 @@ from appliance.store import open_store
 from tests.browser import (
     assert_accessible,
     browser_fixture,  # noqa: F401 - fixture browser
+    browser_log_in,
     new_page,
     screenshot,
 )
 from tests.conftest import PASSWORD, Appliance
-from tests.web_client import DOMAIN, Browser, log_in, set_up_appliance
+from tests.web_client import DOMAIN, Browser, deliver, imap_client, log_in, set_up_appliance
 
 STRANGER = "Zoë Stranger <zoe@elsewhere.test>"
 PAGE_SIZE = 50
@@ -56,14 +56,6 @@ def new_user(box: Appliance, name: str) -> str:
     address = f"{name}-{secrets.token_hex(3)}@{DOMAIN}"
     box.add_user(address)
     return address
-
-
-def deliver(box: Appliance, recipient: str, message: bytes | EmailMessage) -> None:
-    raw = (
-        message.as_bytes(policy=email.policy.SMTP) if isinstance(message, EmailMessage) else message
-    )
-    with smtplib.SMTP(box.host, box.port, timeout=MAIL_TIMEOUT) as smtp:
-        smtp.sendmail("zoe@elsewhere.test", [recipient], raw)
 
 
 def text_message(subject: str, body: str, sender: str = STRANGER, to: str = "") -> EmailMessage:
@@ -105,14 +97,8 @@ def inbox_of(reader: Browser) -> tuple[int, str]:
     return int(page.location.rsplit("/", 1)[1]), listed.text
 
 
-def imap(box: Appliance, address: str) -> imaplib.IMAP4:
-    client = imaplib.IMAP4(box.host, box.imap_port, timeout=MAIL_TIMEOUT)
-    client.login(address, PASSWORD)
-    return client
-
-
 def imap_flags(box: Appliance, address: str, mailbox: str = "INBOX") -> dict[int, str]:
-    client = imap(box, address)
+    client = imap_client(box, address)
     try:
         client.select(mailbox, readonly=True)
         typ, data = client.uid("FETCH", "1:*", "(FLAGS)")
@@ -251,7 +237,7 @@ def test_show_original_is_the_message_a_mail_client_gets(box):
         inbox, listed = inbox_of(reader)
         uid = rows(listed)[0][1]
         page = reader.get(f"/mail/{inbox}/{uid}/raw")
-    client = imap(box, address)
+    client = imap_client(box, address)
     try:
         client.select("INBOX", readonly=True)
         _, data = client.uid("FETCH", str(uid), "(BODY.PEEK[])")
@@ -401,7 +387,7 @@ def test_search_finds_what_imap_search_finds(box):
         ("body", "resume", ("BODY", "resume")),
         ("all", "report", None),
     )
-    client = imap(box, address)
+    client = imap_client(box, address)
     client.select("INBOX", readonly=True)
     try:
         with log_in(box, address, PASSWORD) as reader:
@@ -585,14 +571,6 @@ class Shots:
         assert_accessible(page)
 
 
-def browser_log_in(page, box: Appliance, address: str) -> None:
-    page.goto(box.https_url + "/login")
-    page.get_by_label("Address", exact=True).fill(address)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    with page.expect_navigation():
-        page.get_by_role("button", name="Log in", exact=True).click()
-
-
 def click(page, name: str, role: str = "button") -> None:
     with page.expect_navigation():
         page.get_by_role(role, name=name, exact=True).first.click()
@@ -605,7 +583,7 @@ def test_reading_mail_in_a_browser(box, browser):
     deliver(box, address, attachment_message())
     shots = Shots("webmail")
     with new_page(browser, box.https_url) as page:
-        browser_log_in(page, box, address)
+        browser_log_in(page, address, PASSWORD)
         page.goto("/mail")
         assert page.locator("h1").inner_text() == "Inbox"
         assert page.locator("table.messages tbody tr").count() == 3
@@ -655,7 +633,7 @@ def test_reading_mail_in_a_browser(box, browser):
         shots.take(page, "search")
 
     with new_page(browser, box.https_url, viewport="phone") as phone:
-        browser_log_in(phone, box, address)
+        browser_log_in(phone, address, PASSWORD)
         phone.goto("/mail")
         shots.take(phone, "list-phone")
         click(phone, "Rich hello", "link")
