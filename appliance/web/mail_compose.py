@@ -257,7 +257,7 @@ def _render(
         status=status,
         form=shown,
         senders=_sends_as(ctx, account),
-        max_upload=ctx.settings.web.max_request_size,
+        max_upload=ctx.settings.web.max_upload_size,
     )
 
 
