@@ -3,23 +3,31 @@
 The first boot grows the data partition, makes the setup code and shows it on
 the console, answers SMTP on port 25 (forwarded to loopback), and passes the
 health check, after which systemd-boot's boot counting marks slot A good.
-Then slot B gets a root whose service cannot start, with three tries: the box
-tries B three times and comes back on A by itself, with its data.
+The owner then sets the box up on its web page with the code from the
+console; a message sent over SMTP is read back over IMAPS, and the power is
+cut. Then slot B gets a root whose service cannot start, with three tries:
+the box tries B three times and comes back on A by itself, and the message
+that arrived before the power cut is still there.
 """
 
 from __future__ import annotations
 
+import imaplib
 import json
 import re
 import shutil
+import smtplib
+import ssl
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from tests import web_client
 from tests.conftest import REPO, free_port
 
 sys.path.insert(0, str(REPO / "image"))
@@ -27,6 +35,9 @@ import build  # noqa: E402
 import qemu  # noqa: E402
 
 SMTP = 25
+HTTP = 80
+IMAPS = 993
+GUEST_PORTS = (SMTP, HTTP, IMAPS)
 # The disk the box is "written to": larger than the image, so that first
 # boot has room to grow the data partition into.
 DISK_SIZE = 2 << 30
@@ -40,6 +51,17 @@ BLESS_TIMEOUT = 240.0
 FALLBACK_TIMEOUT = 900.0
 SETUP_CODE = r"Setup code: ([2-9A-Z]{4}-[2-9A-Z]{4}-[2-9A-Z]{4})"
 BROKEN_SERVICE = "[Service]\nExecStart=\nExecStart=/bin/false\n"
+# Each step of the owner's first session (the setup page makes DKIM keys and
+# hashes a password; the service then reloads) under TCG on a busy machine.
+OWNER_STEP_TIMEOUT = 180.0
+MESSAGE = (
+    b"From: Someone <someone@elsewhere.test>\r\n"
+    b"To: admin@example.test\r\n"
+    b"Subject: before the power cut\r\n"
+    b"Message-ID: <power-cut@elsewhere.test>\r\n"
+    b"\r\n"
+    b"This message was stored before the plug was pulled.\r\n"
+)
 
 
 @dataclass
@@ -50,8 +72,8 @@ class FirstBoot:
     greeting: bytes
     setup_code: str
     slot: str
-    clean_shutdown: bool
     seconds_to_banner: float
+    stored_body: bytes  # the message as IMAP gave it back before the power cut
 
 
 def copy_disk(image: Path, disk: Path) -> None:
@@ -66,32 +88,83 @@ def first_boot(x86_64_image, tmp_path_factory) -> FirstBoot:
     workdir = tmp_path_factory.mktemp("first-boot")
     disk = workdir / "disk.img"
     copy_disk(image, disk)
-    vm = qemu.Vm(board, disk, workdir / "vm", {SMTP: free_port()})
+    vm = start_vm(board, disk, workdir / "vm")
     started = time.monotonic()
-    vm.start()
     try:
         greeting = vm.wait_for_banner(SMTP, FIRST_BOOT_TIMEOUT)
         seconds = time.monotonic() - started
         code = vm.wait_for(SETUP_CODE, 60)[0][1]
         slot = vm.wait_for(r"appliance: boot slot=(\w)", 10)[0][1]
         vm.wait_for(r"appliance: boot complete", BLESS_TIMEOUT)
-    except qemu.VmError as error:
-        vm.kill()
+        set_up_on_the_web_page(vm, code)
+        send_the_message(vm)
+        stored = read_the_message(vm)
+    except (qemu.VmError, OSError, smtplib.SMTPException, imaplib.IMAP4.error) as error:
         raise AssertionError(f"{error}\n--- console ---\n{vm.console_text()[-6000:]}") from None
-    clean = vm.powerdown()
+    finally:
+        # A hard power-off: whatever the box acknowledged must be on its disk.
+        vm.kill()
     print(f"first boot: SMTP banner after {seconds:.0f} s")
-    yield FirstBoot(board, image, disk, greeting, code, slot, clean, seconds)
+    yield FirstBoot(board, image, disk, greeting, code, slot, seconds, stored)
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def start_vm(board: build.Board, disk: Path, workdir: Path) -> qemu.Vm:
+    vm = qemu.Vm(board, disk, workdir, {port: free_port() for port in GUEST_PORTS})
+    vm.start()
+    return vm
+
+
+def set_up_on_the_web_page(vm: qemu.Vm, code: str) -> None:
+    """What the owner does first: the setup page, over plain HTTP, with the code."""
+    fields = {
+        "code": code,
+        "hostname": web_client.HOSTNAME,
+        "domain": web_client.DOMAIN,
+        "address": web_client.ADMIN,
+        "password": web_client.ADMIN_PASSWORD,
+        "password2": web_client.ADMIN_PASSWORD,
+    }
+    with web_client.Browser(f"http://127.0.0.1:{vm.forwards[HTTP]}") as browser:
+        page = browser.submit(
+            "/setup", "/setup", fields, timeout=aiohttp.ClientTimeout(total=OWNER_STEP_TIMEOUT)
+        )
+    assert page.status == 200, page.text[:2000]
+
+
+def send_the_message(vm: qemu.Vm) -> None:
+    with smtplib.SMTP("127.0.0.1", vm.forwards[SMTP], timeout=OWNER_STEP_TIMEOUT) as smtp:
+        refused = smtp.sendmail("someone@elsewhere.test", [web_client.ADMIN], MESSAGE)
+    assert refused == {}
+
+
+def read_the_message(vm: qemu.Vm) -> bytes:
+    """The body of the one message in the admin's INBOX, over IMAPS.
+
+    The box's certificate is self-signed until the owner uploads one.
+    """
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with imaplib.IMAP4_SSL(
+        "127.0.0.1", vm.forwards[IMAPS], ssl_context=context, timeout=OWNER_STEP_TIMEOUT
+    ) as imap:
+        imap.login(web_client.ADMIN, web_client.ADMIN_PASSWORD)
+        status, (count,) = imap.select("INBOX", readonly=True)
+        assert (status, count) == ("OK", b"1")
+        status, data = imap.fetch("1", "(BODY.PEEK[TEXT])")
+        assert status == "OK"
+        return data[0][1]
 
 
 def test_first_boot_answers_smtp_and_shows_the_setup_code(first_boot):
     assert first_boot.greeting.startswith(b"220 "), first_boot.greeting
     assert re.fullmatch(SETUP_CODE, f"Setup code: {first_boot.setup_code}")
     assert first_boot.slot == "a"
-    # Not asserted yet: the guest does not always honour the ACPI power
-    # button under TCG (seen failing in a clean run); the VM is then killed,
-    # which the tests after this one survive, as a box survives a power cut.
-    print(f"clean shutdown by the power button: {first_boot.clean_shutdown}")
+
+
+def test_a_message_sent_over_smtp_is_read_back_over_imap(first_boot):
+    assert first_boot.stored_body == MESSAGE.split(b"\r\n\r\n", 1)[1]
 
 
 def test_first_boot_marks_slot_a_good(first_boot):
@@ -120,21 +193,22 @@ def test_a_slot_that_never_gets_healthy_falls_back_to_the_other(first_boot, tmp_
     # What an update writes: slot B, newer than A, on trial with three tries.
     build.esp_write(board, disk, "loader/entries/slot-b+3.conf", build.boot_entry(board, "b", 3))
 
-    vm = qemu.Vm(board, disk, tmp_path / "vm", {SMTP: free_port()})
-    vm.start()
+    vm = start_vm(board, disk, tmp_path / "vm")
     try:
         slots = vm.wait_for(r"appliance: boot slot=(\w)", FALLBACK_TIMEOUT, count=4)
         greeting = vm.wait_for_banner(SMTP, FIRST_BOOT_TIMEOUT)
         vm.wait_for(r"appliance: boot complete", BLESS_TIMEOUT)
-    except qemu.VmError as error:
-        vm.kill()
+        stored = read_the_message(vm)
+    except (qemu.VmError, OSError, imaplib.IMAP4.error) as error:
         raise AssertionError(f"{error}\n--- console ---\n{vm.console_text()[-6000:]}") from None
-    vm.powerdown()
+    finally:
+        vm.kill()
     assert [m[1] for m in slots] == ["b", "b", "b", "a"]
     assert greeting.startswith(b"220 ")
-    # The data partition is the one from before: every boot shows its code.
-    codes = re.findall(SETUP_CODE, vm.console_text())
-    assert len(codes) >= 4 and set(codes) == {first_boot.setup_code}
+    # The data partition is the one from before the power cut: the box is set
+    # up (no boot shows a setup code) and holds the message.
+    assert re.findall(SETUP_CODE, vm.console_text()) == []
+    assert stored == first_boot.stored_body
     assert build.esp_list(board, disk) == ["slot-a.conf", "slot-b+0-3.conf"]
 
 
