@@ -116,6 +116,12 @@ def ensure_session(request: web.Request) -> WebSession:
     return current
 
 
+def load_templates(*names: str) -> None:
+    """Compiles templates now (at start), so that no person's first page waits for it."""
+    for name in names:
+        _templates.get_template(name)
+
+
 def render(request: web.Request, template: str, status: int = 200, **values) -> web.Response:
     current = ensure_session(request)
     notices, current.notices = current.notices, []

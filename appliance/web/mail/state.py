@@ -57,14 +57,36 @@ class Listings:
         if cached is not None and cached.modseq == mailbox.highestmodseq:
             self._cached.move_to_end(mailbox.id)
             return cached
-        states = txn.message_states(mailbox.id)
-        unseen = sum(1 for s in states if not any(f.lower() == "\\seen" for f in s.flags))
-        listing = Listing(mailbox.highestmodseq, array("I", (s.uid for s in states)), unseen)
-        self._cached[mailbox.id] = listing
-        self._cached.move_to_end(mailbox.id)
+        listing = read_listing(txn, mailbox)
+        self.offer(mailbox.id, listing)
+        return listing
+
+    def offer(self, mailbox_id: int, listing: Listing) -> None:
+        """Keeps a listing read elsewhere (on a thread), unless a newer one is kept."""
+        cached = self._cached.get(mailbox_id)
+        if cached is not None and cached.modseq > listing.modseq:
+            return
+        self._cached[mailbox_id] = listing
+        self._cached.move_to_end(mailbox_id)
         while len(self._cached) > self._size:
             self._cached.popitem(last=False)
-        return listing
+
+    @property
+    def room(self) -> int:
+        return self._size
+
+
+def read_listing(txn: Transaction, mailbox: Mailbox) -> Listing:
+    """The mailbox's listing as the transaction sees it. Pure: safe on any thread."""
+    states = txn.message_states(mailbox.id)
+    unseen = sum(1 for s in states if not _seen(s.flags))
+    return Listing(mailbox.highestmodseq, array("I", [s.uid for s in states]), unseen)
+
+
+def _seen(flags: tuple[str, ...]) -> bool:
+    """System flags are case-insensitive (RFC 9051 2.3.2); the store keeps
+    them as IMAP writes them ("\\Seen"), so that is looked for first."""
+    return "\\Seen" in flags or (bool(flags) and any(f.lower() == "\\seen" for f in flags))
 
 
 class PerSession:
@@ -96,6 +118,8 @@ class MailState:
     activity: PerSession = field(default_factory=PerSession)
     # Event streams open now, ended all at once when the service stops.
     streams: set[asyncio.Event] = field(default_factory=set)
+    # The INBOX listings read on a thread when the service starts.
+    warming: asyncio.Task | None = None
     stopping: bool = False
 
     def trust(self, session_id: str, sender: str) -> None:
@@ -112,6 +136,8 @@ class MailState:
 
     def stop(self) -> None:
         self.stopping = True
+        if self.warming is not None:
+            self.warming.cancel()
         for wake in self.streams:
             wake.set()
 
