@@ -263,6 +263,8 @@ def test_two_people_read_write_answer_forward_file_and_search(box, browser, tmp_
         ann.get_by_label("Subject", exact=True).fill(SUBJECT)
         ann.get_by_label("Message", exact=True).fill("Hello Bob,\nthe quarterly figures.\n")
         ann.get_by_label("Attach files", exact=True).set_input_files(upload)
+        limit = ann.locator("#attachment-help").inner_text()
+        assert limit == "Up to 25.0 MiB for the whole message."  # [web] max_upload_size
         ann_views.look(ann, "compose")
         click(ann, "Send")
         assert status(ann) == "Message sent."
