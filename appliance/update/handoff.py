@@ -98,15 +98,18 @@ class Handoff:
         self.reboot = reboot
         self.directory = incoming_dir(data_dir)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._lock = _take_lock(self.directory / RECEIVE_LOCK)
-        if (self.directory / INCOMING_BUNDLE).exists():
-            os.close(self._lock)
-            raise InstallError("another update waits for the installer; try again in a minute")
         self.keyring = install.keyring(settings, data_dir)
         self.reader = BundleReader(self.keyring)
         self.partial = self.directory / (INCOMING_BUNDLE + install.PARTIAL_SUFFIX)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        self._file = os.fdopen(os.open(self.partial, flags, 0o600), "wb")
+        self._lock = _take_lock(self.directory / RECEIVE_LOCK)
+        try:
+            if (self.directory / INCOMING_BUNDLE).exists():
+                raise InstallError("another update waits for the installer; try again in a minute")
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            self._file = os.fdopen(os.open(self.partial, flags, 0o600), "wb")
+        except BaseException:
+            os.close(self._lock)
+            raise
 
     def __enter__(self) -> Handoff:
         return self
