@@ -44,6 +44,8 @@ RECEIVE_LOCK = "receive.lock"
 REQUEST_LIMIT = 4096
 # A reboot at a time of day, as <input type="time"> sends it and shutdown(8) takes it.
 REBOOT_AT = re.compile(r"(?:[01]\d|2[0-3]):[0-5]\d")
+# How root opens what user mail left: never through a link, never blocked by a FIFO.
+_UNTRUSTED = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # Seconds systemctl or shutdown may take to accept the reboot request.
 RESTART_TIMEOUT = 60
 
@@ -173,17 +175,23 @@ def install_incoming(
 ) -> install.Installed | None:
     """Install the bundle the service handed over (None: there is none), then reboot
     as the owner chose. The file is opened, then removed before a byte is read:
-    whatever comes of the install, the path unit does not start it again."""
-    directory = incoming_dir(data_dir)
+    whatever comes of the install, the path unit does not start it again. User
+    mail owns the folder and /data: no link it leaves there is followed."""
     try:
-        descriptor = os.open(
-            directory / INCOMING_BUNDLE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-        )
+        directory = os.open(incoming_dir(data_dir), _UNTRUSTED | os.O_DIRECTORY)
     except FileNotFoundError:
         return None
-    with os.fdopen(descriptor, "rb") as bundle:
+    try:
+        try:
+            descriptor = os.open(INCOMING_BUNDLE, _UNTRUSTED, dir_fd=directory)
+        except FileNotFoundError:
+            return None
+        bundle = os.fdopen(descriptor, "rb")
         reboot = _take_request(directory)
-        (directory / INCOMING_BUNDLE).unlink()
+        os.unlink(INCOMING_BUNDLE, dir_fd=directory)
+    finally:
+        os.close(directory)
+    with bundle:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             raise InstallError("the incoming bundle is not a plain file")
         chunks = _read_chunks(bundle, settings.chunk_size)
@@ -192,16 +200,15 @@ def install_incoming(
     return installed
 
 
-def _take_request(directory: Path) -> str | None:
+def _take_request(directory: int) -> str | None:
     """The owner's reboot choice, read as untrusted text and removed."""
-    path = directory / REQUEST
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        descriptor = os.open(REQUEST, _UNTRUSTED, dir_fd=directory)
     except FileNotFoundError:
         return None
     with os.fdopen(descriptor, "rb") as file:
         text = file.read(REQUEST_LIMIT + 1)
-    path.unlink()
+    os.unlink(REQUEST, dir_fd=directory)
     try:
         request = json.loads(text) if len(text) <= REQUEST_LIMIT else None
         return reboot_choice(request.get("reboot") if isinstance(request, dict) else None)

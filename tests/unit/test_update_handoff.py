@@ -136,6 +136,19 @@ def test_the_root_installer_does_not_follow_a_link_left_as_the_bundle(handing_bo
     assert box.entries() == ["slot-a.conf", "slot-b.conf"]
 
 
+def test_the_root_installer_does_not_follow_a_link_left_as_the_folder(handing_box):
+    box = handing_box
+    elsewhere = box.root / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "bundle").write_bytes(make_bundle(box.key))
+    handoff.incoming_dir(box.data).parent.mkdir(parents=True)
+    handoff.incoming_dir(box.data).symlink_to(elsewhere)
+    with pytest.raises(OSError):
+        handoff.install_incoming(box.settings, box.data, RUNNING)
+    assert (elsewhere / "bundle").exists()
+    assert box.entries() == ["slot-a.conf", "slot-b.conf"]
+
+
 def test_an_unreadable_request_means_no_reboot(handing_box):
     box = handing_box
     hand_off(box, make_bundle(box.key), reboot="now")
