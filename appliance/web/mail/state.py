@@ -62,7 +62,7 @@ class Listings:
         return listing
 
     def offer(self, mailbox_id: int, listing: Listing) -> None:
-        """Keeps a listing read elsewhere (on a thread), unless a newer one is kept."""
+        """Keeps a listing read elsewhere (at start), unless a newer one is kept."""
         cached = self._cached.get(mailbox_id)
         if cached is not None and cached.modseq > listing.modseq:
             return
@@ -77,7 +77,7 @@ class Listings:
 
 
 def read_listing(txn: Transaction, mailbox: Mailbox) -> Listing:
-    """The mailbox's listing as the transaction sees it. Pure: safe on any thread."""
+    """The mailbox's listing as the transaction sees it."""
     states = txn.message_states(mailbox.id)
     unseen = sum(1 for s in states if not _seen(s.flags))
     return Listing(mailbox.highestmodseq, array("I", [s.uid for s in states]), unseen)
@@ -118,7 +118,7 @@ class MailState:
     activity: PerSession = field(default_factory=PerSession)
     # Event streams open now, ended all at once when the service stops.
     streams: set[asyncio.Event] = field(default_factory=set)
-    # The INBOX listings read on a thread when the service starts.
+    # The INBOX listings being read when the service starts.
     warming: asyncio.Task | None = None
     stopping: bool = False
 
