@@ -176,7 +176,7 @@ def open_folder(page, label: str) -> None:
 # -- what a mail client sees --------------------------------------------------------
 
 
-def imap_part(address: str, box: Appliance, part_url: str) -> bytes:
+def imap_part(box: Appliance, address: str, part_url: str) -> bytes:
     """The part an attachment link names, as an IMAP client fetches it
     (BODY[n], its base64 undone), from the INBOX by the link's UID."""
     _, _, uid, _, number = urlsplit(part_url).path.strip("/").split("/")
@@ -276,7 +276,7 @@ def test_two_people_read_write_answer_forward_file_and_search(box, browser, tmp_
         assert "the quarterly figures." in bob.locator("pre.mail-text").inner_text()
         saved, part_url = download(bob, SENT_NAME)
         assert saved == EVERY_OCTET
-        assert imap_part(BOB, box, part_url) == EVERY_OCTET
+        assert imap_part(box, BOB, part_url) == EVERY_OCTET
         original = imap_headers(box, BOB, SUBJECT)["Message-ID"]
         assert original
         bob_views.look(bob, "message")
