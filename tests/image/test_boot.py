@@ -17,27 +17,30 @@ import json
 import re
 import shutil
 import smtplib
-import ssl
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from tests import web_client
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
+from tests.image.owner import (
+    SETUP_CODE,
+    SMTP,
+    body_of,
+    inbox_bodies,
+    send_message,
+    set_up_on_the_web_page,
+    start_vm,
+)
+from tests.image.roots import squash, unsquash
 
 sys.path.insert(0, str(REPO / "image"))
 import build  # noqa: E402
 import qemu  # noqa: E402
 
-SMTP = 25
-HTTP = 80
-IMAPS = 993
-GUEST_PORTS = (SMTP, HTTP, IMAPS)
 # The disk the box is "written to": larger than the image, so that first
 # boot has room to grow the data partition into.
 DISK_SIZE = 2 << 30
@@ -49,11 +52,7 @@ BLESS_TIMEOUT = 240.0
 # One boot of a broken slot: it boots, its service fails five times and the
 # boot restarts; three of those, then slot A.
 FALLBACK_TIMEOUT = 900.0
-SETUP_CODE = r"Setup code: ([2-9A-Z]{4}-[2-9A-Z]{4}-[2-9A-Z]{4})"
 BROKEN_SERVICE = "[Service]\nExecStart=\nExecStart=/bin/false\n"
-# Each step of the owner's first session (the setup page makes DKIM keys and
-# hashes a password; the service then reloads) under TCG on a busy machine.
-OWNER_STEP_TIMEOUT = 180.0
 MESSAGE = (
     b"From: Someone <someone@elsewhere.test>\r\n"
     b"To: admin@example.test\r\n"
@@ -73,7 +72,7 @@ class FirstBoot:
     setup_code: str
     slot: str
     seconds_to_banner: float
-    stored_body: bytes  # the message as IMAP gave it back before the power cut
+    stored: list[bytes]  # the INBOX's bodies as IMAP gave them back before the power cut
 
 
 def copy_disk(image: Path, disk: Path) -> None:
@@ -97,8 +96,8 @@ def first_boot(x86_64_image, tmp_path_factory) -> FirstBoot:
         slot = vm.wait_for(r"appliance: boot slot=(\w)", 10)[0][1]
         vm.wait_for(r"appliance: boot complete", BLESS_TIMEOUT)
         set_up_on_the_web_page(vm, code)
-        send_the_message(vm)
-        stored = read_the_message(vm)
+        send_message(vm, MESSAGE)
+        stored = inbox_bodies(vm)
     except (qemu.VmError, OSError, smtplib.SMTPException, imaplib.IMAP4.error) as error:
         raise AssertionError(f"{error}\n--- console ---\n{vm.console_text()[-6000:]}") from None
     finally:
@@ -109,54 +108,6 @@ def first_boot(x86_64_image, tmp_path_factory) -> FirstBoot:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def start_vm(board: build.Board, disk: Path, workdir: Path) -> qemu.Vm:
-    vm = qemu.Vm(board, disk, workdir, {port: free_port() for port in GUEST_PORTS})
-    vm.start()
-    return vm
-
-
-def set_up_on_the_web_page(vm: qemu.Vm, code: str) -> None:
-    """What the owner does first: the setup page, over plain HTTP, with the code."""
-    fields = {
-        "code": code,
-        "hostname": web_client.HOSTNAME,
-        "domain": web_client.DOMAIN,
-        "address": web_client.ADMIN,
-        "password": web_client.ADMIN_PASSWORD,
-        "password2": web_client.ADMIN_PASSWORD,
-    }
-    with web_client.Browser(f"http://127.0.0.1:{vm.forwards[HTTP]}") as browser:
-        page = browser.submit(
-            "/setup", "/setup", fields, timeout=aiohttp.ClientTimeout(total=OWNER_STEP_TIMEOUT)
-        )
-    assert page.status == 200, page.text[:2000]
-
-
-def send_the_message(vm: qemu.Vm) -> None:
-    with smtplib.SMTP("127.0.0.1", vm.forwards[SMTP], timeout=OWNER_STEP_TIMEOUT) as smtp:
-        refused = smtp.sendmail("someone@elsewhere.test", [web_client.ADMIN], MESSAGE)
-    assert refused == {}
-
-
-def read_the_message(vm: qemu.Vm) -> bytes:
-    """The body of the one message in the admin's INBOX, over IMAPS.
-
-    The box's certificate is self-signed until the owner uploads one.
-    """
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with imaplib.IMAP4_SSL(
-        "127.0.0.1", vm.forwards[IMAPS], ssl_context=context, timeout=OWNER_STEP_TIMEOUT
-    ) as imap:
-        imap.login(web_client.ADMIN, web_client.ADMIN_PASSWORD)
-        status, (count,) = imap.select("INBOX", readonly=True)
-        assert (status, count) == ("OK", b"1")
-        status, data = imap.fetch("1", "(BODY.PEEK[TEXT])")
-        assert status == "OK"
-        return data[0][1]
-
-
 def test_first_boot_answers_smtp_and_shows_the_setup_code(first_boot):
     assert first_boot.greeting.startswith(b"220 "), first_boot.greeting
     assert re.fullmatch(SETUP_CODE, f"Setup code: {first_boot.setup_code}")
@@ -164,7 +115,7 @@ def test_first_boot_answers_smtp_and_shows_the_setup_code(first_boot):
 
 
 def test_a_message_sent_over_smtp_is_read_back_over_imap(first_boot):
-    assert first_boot.stored_body == MESSAGE.split(b"\r\n\r\n", 1)[1]
+    assert first_boot.stored == [body_of(MESSAGE)]
 
 
 def test_first_boot_marks_slot_a_good(first_boot):
@@ -198,7 +149,7 @@ def test_a_slot_that_never_gets_healthy_falls_back_to_the_other(first_boot, tmp_
         slots = vm.wait_for(r"appliance: boot slot=(\w)", FALLBACK_TIMEOUT, count=4)
         greeting = vm.wait_for_banner(SMTP, FIRST_BOOT_TIMEOUT)
         vm.wait_for(r"appliance: boot complete", BLESS_TIMEOUT)
-        stored = read_the_message(vm)
+        stored = inbox_bodies(vm)
     except (qemu.VmError, OSError, imaplib.IMAP4.error) as error:
         raise AssertionError(f"{error}\n--- console ---\n{vm.console_text()[-6000:]}") from None
     finally:
@@ -208,31 +159,18 @@ def test_a_slot_that_never_gets_healthy_falls_back_to_the_other(first_boot, tmp_
     # The data partition is the one from before the power cut: the box is set
     # up (no boot shows a setup code) and holds the message.
     assert re.findall(SETUP_CODE, vm.console_text()) == []
-    assert stored == first_boot.stored_body
+    assert stored == first_boot.stored
     assert build.esp_list(board, disk) == ["slot-a.conf", "slot-b+0-3.conf"]
 
 
 def _root_with_broken_service(root: Path, tmp_path: Path) -> Path:
     """The image's root file system with a unit drop-in that makes the service fail."""
     tree = tmp_path / "tree"
-    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tree), str(root)], check=True)
+    unsquash(root, tree)
     drop_in = tree / "etc/systemd/system/appliance.service.d/broken.conf"
     drop_in.parent.mkdir(parents=True)
     drop_in.write_text(BROKEN_SERVICE)
     broken = tmp_path / "broken.squashfs"
-    subprocess.run(
-        [
-            "mksquashfs",
-            str(tree),
-            str(broken),
-            "-quiet",
-            "-no-progress",
-            "-comp",
-            "zstd",
-            "-Xcompression-level",
-            "1",
-        ],  # fmt: skip
-        check=True,
-    )
+    squash(tree, broken)
     shutil.rmtree(tree)
     return broken

@@ -17,7 +17,6 @@ import imaplib
 import re
 import shutil
 import smtplib
-import ssl
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -29,21 +28,28 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.update import bundle, keys
 from tests import web_client
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO
 from tests.image.conftest import require
-from tests.image.test_boot import SETUP_CODE, copy_disk
+from tests.image.owner import (
+    SETUP_CODE,
+    body_of,
+    client_timeout,
+    inbox_bodies,
+    log_in,
+    send_message,
+    set_up_on_the_web_page,
+    start_vm,
+)
+from tests.image.roots import squash, unsquash
+from tests.image.test_boot import copy_disk
 
 sys.path.insert(0, str(REPO / "image"))
 import build  # noqa: E402
 import qemu  # noqa: E402
 
-SMTP, HTTP, HTTPS, IMAPS = 25, 80, 443, 993
 # Power-on to the end of the health check and the boot loader's blessing,
 # under TCG on two shared cores (about 150 s seen; the slack is for a busy machine).
 BOOT_TIMEOUT = 600.0
-# Each step of the owner's session: the setup page makes DKIM keys and hashes
-# a password, the service then reloads; a page answers under emulation.
-OWNER_STEP_TIMEOUT = 180.0
 # The v2 bundle (about 150 MB) through TLS into the emulated box, checked and
 # hashed as it arrives.
 UPLOAD_TIMEOUT = 900.0
@@ -82,7 +88,7 @@ class Updated:
     booted_line: str
     page_after: str
     status_summary: str
-    stored_body: bytes
+    stored: list[bytes]
     refusals: dict[str, str]
     entries_after: list[str]
     blessed_entry: str
@@ -91,14 +97,6 @@ class Updated:
 def _site_packages(tree: Path) -> Path:
     (found,) = (tree / build.UNPACKED_SERVICE.lstrip("/")).glob("*/site-packages")
     return found
-
-
-def _squash(tree: Path, out: Path) -> None:
-    subprocess.run(
-        ["mksquashfs", str(tree), str(out), "-noappend", "-quiet", "-no-progress",
-         "-comp", "zstd", "-Xcompression-level", str(build.SQUASHFS_ZSTD_LEVEL), "-b", "256K"],
-        check=True,
-    )  # fmt: skip
 
 
 def _version(tree: Path) -> str:
@@ -120,20 +118,18 @@ def _set_version(tree: Path, version: str) -> None:
 
 def make_roots(image_dir: Path, work: Path, board: build.Board) -> Roots:
     tree = work / "tree"
-    subprocess.run(
-        ["unsquashfs", "-q", "-n", "-d", str(tree), str(image_dir / "root.squashfs")], check=True
-    )
+    unsquash(image_dir / "root.squashfs", tree)
     key = Ed25519PrivateKey.generate()
     keyring = _site_packages(tree) / "appliance" / "update" / "keys"
     (keyring / "test-suite.pub").write_bytes(keys.public_pem(key.public_key()))
     subprocess.run(["systemctl", f"--root={tree}", "enable", "--quiet", *UPDATE_UNITS], check=True)
     v1 = work / "v1.squashfs"
-    _squash(tree, v1)
+    squash(tree, v1)
     v1_version = _version(tree)
     v2_version = f"{int(v1_version.split('.')[0]) + 1}.0.0"
     _set_version(tree, v2_version)
     v2 = work / "v2.squashfs"
-    _squash(tree, v2)
+    squash(tree, v2)
     shutil.rmtree(tree)
     files = [v2, image_dir / "vmlinuz", image_dir / "initrd.img"]
     names = [bundle.ROOTFS, "vmlinuz", "initrd.img"]
@@ -163,66 +159,17 @@ def small_bundle(key: Ed25519PrivateKey, version: str, board: str) -> bytes:
     return bundle.signed_header(manifest, key) + payload
 
 
-def set_up_on_the_web_page(vm: qemu.Vm, code: str) -> None:
-    fields = {
-        "code": code,
-        "hostname": web_client.HOSTNAME,
-        "domain": web_client.DOMAIN,
-        "address": web_client.ADMIN,
-        "password": web_client.ADMIN_PASSWORD,
-        "password2": web_client.ADMIN_PASSWORD,
-    }
-    with web_client.Browser(f"http://127.0.0.1:{vm.forwards[HTTP]}") as browser:
-        page = browser.submit("/setup", "/setup", fields, timeout=_timeout(OWNER_STEP_TIMEOUT))
-    assert page.status == 200, page.text[:2000]
-
-
-def log_in(vm: qemu.Vm) -> web_client.Browser:
-    browser = web_client.Browser(f"https://127.0.0.1:{vm.forwards[HTTPS]}")
-    fields = {"address": web_client.ADMIN, "password": web_client.ADMIN_PASSWORD}
-    page = browser.submit("/login", "/login", fields, timeout=_timeout(OWNER_STEP_TIMEOUT))
-    if page.status != 303:
-        browser.close()
-        raise AssertionError(f"login: {page.status} {page.text[:500]}")
-    return browser
-
-
 def upload(browser: web_client.Browser, name: str, content, reboot: str = "now") -> str:
     """The update form as the page sends it; the first notice of the page it leads to."""
-    token = browser.get("/admin/update", timeout=_timeout(OWNER_STEP_TIMEOUT)).csrf()
+    token = browser.get("/admin/update", timeout=client_timeout()).csrf()
     form = aiohttp.FormData()
     form.add_field("csrf", token)
     form.add_field("reboot", reboot)
     form.add_field("bundle", content, filename=name, content_type="application/octet-stream")
-    sent = browser.post("/admin/update", data=form, timeout=_timeout(UPLOAD_TIMEOUT))
+    sent = browser.post("/admin/update", data=form, timeout=client_timeout(UPLOAD_TIMEOUT))
     assert sent.status == 303, sent.text[:1000]
-    page = browser.get("/admin/update", timeout=_timeout(OWNER_STEP_TIMEOUT))
+    page = browser.get("/admin/update", timeout=client_timeout())
     return page.notices()[0]
-
-
-def _timeout(seconds: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=seconds)
-
-
-def send_the_message(vm: qemu.Vm) -> None:
-    with smtplib.SMTP("127.0.0.1", vm.forwards[SMTP], timeout=OWNER_STEP_TIMEOUT) as smtp:
-        assert smtp.sendmail("someone@elsewhere.test", [web_client.ADMIN], MESSAGE) == {}
-
-
-def read_the_message(vm: qemu.Vm) -> bytes:
-    """The one message in the admin's INBOX over IMAPS (a self-signed certificate)."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    with imaplib.IMAP4_SSL(
-        "127.0.0.1", vm.forwards[IMAPS], ssl_context=context, timeout=OWNER_STEP_TIMEOUT
-    ) as imap:
-        imap.login(web_client.ADMIN, web_client.ADMIN_PASSWORD)
-        status, (count,) = imap.select("INBOX", readonly=True)
-        assert (status, count) == ("OK", b"1")
-        status, data = imap.fetch("1", "(BODY.PEEK[TEXT])")
-        assert status == "OK"
-        return data[0][1]
 
 
 @pytest.fixture(scope="module")
@@ -234,9 +181,7 @@ def updated(x86_64_image, tmp_path_factory) -> Updated:
     disk = work / "disk.img"
     copy_disk(image, disk)
     build.write_into(disk, build.partition_offset(board, "root-a"), roots.v1)
-    forwards = {port: free_port() for port in (SMTP, HTTP, HTTPS, IMAPS)}
-    vm = qemu.Vm(board, disk, work / "vm", forwards)
-    vm.start()
+    vm = start_vm(board, disk, work / "vm")
     try:
         result = _owner_session(vm, board, disk, roots)
     except (qemu.VmError, OSError, AssertionError, smtplib.SMTPException, imaplib.IMAP4.error) as e:
@@ -253,15 +198,15 @@ def _owner_session(vm: qemu.Vm, board: build.Board, disk: Path, roots: Roots) ->
     code = vm.wait_for(SETUP_CODE, BOOT_TIMEOUT)[0][1]
     vm.wait_for(r"appliance: boot complete", BOOT_TIMEOUT)
     set_up_on_the_web_page(vm, code)
-    send_the_message(vm)
+    send_message(vm, MESSAGE)
     with log_in(vm) as admin, open(roots.v2_bundle, "rb") as file:
         handed = upload(admin, roots.v2_bundle.name, file)
     booted = vm.wait_for(r"update \S+ in slot \w: [a-z ]+", INSTALL_AND_REBOOT_TIMEOUT)[0][0]
     vm.wait_for(r"appliance: boot complete", BOOT_TIMEOUT, count=2)
     slots = [m[1] for m in vm.wait_for(r"appliance: boot slot=(\w)", 1, count=2)]
-    stored = read_the_message(vm)
+    stored = inbox_bodies(vm)
     with log_in(vm) as admin:
-        page = admin.get("/admin/update", timeout=_timeout(OWNER_STEP_TIMEOUT)).text
+        page = admin.get("/admin/update", timeout=client_timeout()).text
         refusals = {}
         for name, version, target in (
             ("older", "0.0.1", board.name),
@@ -306,7 +251,7 @@ def test_slot_b_is_the_blessed_entry(updated):
 
 
 def test_the_message_stored_under_v1_is_read_under_v2(updated):
-    assert updated.stored_body == MESSAGE.split(b"\r\n\r\n", 1)[1]
+    assert updated.stored == [body_of(MESSAGE)]
 
 
 def test_tampered_other_board_and_older_bundles_are_refused(updated):
