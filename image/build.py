@@ -19,6 +19,8 @@ Usage: python image/build.py --board x86_64 [--out dist]
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -92,8 +94,9 @@ DPKG_EXCLUDES = [
     "/usr/share/i18n/*",
 ]
 DPKG_INCLUDES = ["/usr/share/doc/*/copyright"]  # the licences stay
-# Kernel modules for hardware a mail box does not have. The rest (disks,
-# wired network, USB, file systems) stays.
+# Kernel modules for hardware a mail box does not have, and for what it does
+# not serve (cluster file systems, NFS and SCSI targets, lab instruments).
+# The rest (disks, wired network, USB, local file systems) stays.
 UNUSED_MODULES = [
     "drivers/gpu",
     "drivers/media",
@@ -111,7 +114,48 @@ UNUSED_MODULES = [
     "net/bluetooth",
     "net/mac80211",
     "net/wireless",
+    "drivers/comedi",
+    "drivers/target",
+    "fs/ocfs2",
+    "fs/gfs2",
+    "fs/nfsd",
 ]
+MERGED_USR_HOOKS = "/usr/share/mmdebstrap/hooks/merged-usr"
+# Commands that package scripts and triggers run again and again: the
+# kernel's package makes an initramfs, then initramfs-tools' trigger makes it
+# anew for each later package with an initramfs hook (udev, zstd ...);
+# ca-certificates rebuilds /etc/ssl/certs when configured and again from its
+# trigger. Under qemu-user each run takes one to three minutes. So they are
+# diverted to a no-op while packages install (as mmdebstrap does with
+# start-stop-daemon) and run once, with these arguments, at the end.
+RUN_ONCE = {
+    "/usr/sbin/update-initramfs": "-c -k all",
+    "/usr/sbin/update-ca-certificates": "",
+}
+
+
+def _divert(command: str, action: str) -> str:
+    divert = f"dpkg-divert --quiet --local --rename {action} --divert {command}.real"
+    return f'chroot "$1" {divert} {command}'
+
+
+def _hook_deferring(commands: dict[str, str]) -> str:
+    """An essential hook (before the packages that ship these): each command a no-op."""
+    return " && ".join(
+        f'{_divert(command, "--add")} && printf "#!/bin/sh\\n" > "$1{command}" && '
+        f'chmod 755 "$1{command}"'
+        for command in commands
+    )
+
+
+def _hook_running_once(commands: dict[str, str]) -> str:
+    """A customize hook (after all packages): each command back, and run once."""
+    return " && ".join(
+        f'rm "$1{command}" && {_divert(command, "--remove")} && chroot "$1" {command} {arguments}'
+        for command, arguments in commands.items()
+    )
+
+
 UNITS_ENABLED = [
     "appliance.service",
     "appliance-firstboot.service",
@@ -249,40 +293,63 @@ def build(board: Board, out: Path, log=print) -> Path:
     if not pyz.exists():
         raise SystemExit(f"{pyz} is missing: run `make dist` first")
     disk = cached_image(board, out, pyz)
-    if disk.exists():
-        log(f"image cached: {disk}")
-        return disk
+    disk.parent.parent.mkdir(parents=True, exist_ok=True)
+    # Two builds of one image (two test runs at once) would share the work
+    # folder: the second waits for the first and takes its image.
+    with open(disk.parent.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if disk.exists():
+            log(f"image cached: {disk}")
+        else:
+            _build(board, pyz, disk, log)
+    return disk
+
+
+def _build(board: Board, pyz: Path, disk: Path, log) -> None:
     work = disk.parent.with_suffix(".tmp")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
+    # A private copy: a test session may rebuild dist/*.pyz meanwhile.
+    pyz = Path(shutil.copy2(pyz, work / pyz.name))
     tree = work / "tree"
     started = time.monotonic()
-    _debootstrap(board, tree, log)
-    _customize(board, tree, pyz)
-    root = work / "root.squashfs"
-    _squash(tree, root)
-    esp = work / "esp.img"
-    _make_esp(board, tree, esp)
-    _assemble(board, esp, root, work / "disk.img")
+    root, esp = work / "root.squashfs", work / "esp.img"
+    with _timed("mmdebstrap", log):
+        _debootstrap(board, tree, log)
+    with _timed("customize", log):
+        _customize(board, tree, pyz)
+    with _timed("squashfs", log):
+        _squash(tree, root)
+    with _timed("esp and disk", log):
+        _make_esp(board, tree, esp)
+        _assemble(board, esp, root, work / "disk.img")
     # What `make bundle` signs for an update: the root and the boot files.
     kernel, initrd = _kernel_files(tree)
     shutil.copyfile(kernel, work / "vmlinuz")
     shutil.copyfile(initrd, work / "initrd.img")
     (work / "build-seconds").write_text(f"{time.monotonic() - started:.0f}\n")
     esp.unlink()
+    pyz.unlink()
     shutil.rmtree(tree)
     shutil.rmtree(disk.parent, ignore_errors=True)
     work.rename(disk.parent)
     log(f"image built: {disk}")
-    return disk
+
+
+@contextlib.contextmanager
+def _timed(step: str, log):
+    """Logs how long a build step took: where a slow build's time goes."""
+    started = time.monotonic()
+    yield
+    log(f"step={step!r} seconds={time.monotonic() - started:.0f}")
 
 
 def _debootstrap(board: Board, tree: Path, log) -> None:
     if board.debian_arch != "amd64":
         _ensure_binfmt(board)
     hook_dir = ROOTFS / "etc" / "initramfs-tools"
-    # The initramfs settings must be in place before the kernel's package
-    # makes its initramfs, so that it is made once and right.
+    # The initramfs settings must be in the tree when the customize hook
+    # makes the initramfs, before _customize lays in the rest of rootfs/.
     setup_hook = (
         'mkdir -p "$1/etc/initramfs-tools/conf.d" "$1/etc/initramfs-tools/hooks" && '
         f'cp {hook_dir}/conf.d/appliance "$1/etc/initramfs-tools/conf.d/" && '
@@ -296,8 +363,16 @@ def _debootstrap(board: Board, tree: Path, log) -> None:
         "--format=directory",
         f"--include={','.join([*PACKAGES, board.kernel_package])}",
         *[f"--dpkgopt=path-exclude={pattern}" for pattern in DPKG_EXCLUDES],
+        # Not unpacked either, so the kernel's postinst indexes what stays.
+        *[f"--dpkgopt=path-exclude=/lib/modules/*/kernel/{path}/*" for path in UNUSED_MODULES],
         *[f"--dpkgopt=path-include={pattern}" for pattern in DPKG_INCLUDES],
+        # Merged /usr set up by mmdebstrap's own hook rather than by the
+        # usrmerge package, which pulls in perl (45 MB) to convert a tree
+        # that was never split.
+        f"--hook-dir={MERGED_USR_HOOKS}",
         f"--setup-hook={setup_hook}",
+        f"--essential-hook={_hook_deferring(RUN_ONCE)}",
+        f"--customize-hook={_hook_running_once(RUN_ONCE)}",
         "--quiet",
         SUITE,
         str(tree),
@@ -320,10 +395,7 @@ def _ensure_binfmt(board: Board) -> None:
 
 def _customize(board: Board, tree: Path, pyz: Path) -> None:
     shutil.copytree(ROOTFS, tree, symlinks=True, dirs_exist_ok=True)
-    service_dir = tree / "usr/lib/appliance"
-    shutil.copyfile(pyz, service_dir / "appliance.pyz")
-    (service_dir / "appliance.pyz").chmod(0o755)
-    _unpack_service(tree, service_dir / "appliance.pyz")
+    _unpack_service(tree, pyz, tree / "usr/lib/appliance/appliance.pyz")
     for mount_point in ("data", "efi"):
         (tree / mount_point).mkdir(exist_ok=True)
     _run(["systemctl", f"--root={tree}", "enable", "--quiet", *UNITS_ENABLED])
@@ -335,28 +407,44 @@ def _customize(board: Board, tree: Path, pyz: Path) -> None:
     (tree / "etc/machine-id").write_text("")
     (tree / "var/lib/dbus/machine-id").unlink(missing_ok=True)
     _lock_root(tree)
-    _prune_modules(tree)
     (tree / "etc/.resolv.conf.systemd-resolved.bak").unlink(missing_ok=True)
     for cache in ("var/cache/apt", "var/lib/apt/lists", "var/log", "var/cache/debconf"):
         for entry in (tree / cache).glob("*"):
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
-def _unpack_service(tree: Path, pyz: Path) -> None:
+def _unpack_service(tree: Path, pyz: Path, installed: Path) -> None:
     """The pyz's dependencies unpacked and compiled where its bootstrap looks
     (SHIV_ROOT, set by the units): a box neither unpacks nor compiles anything
     at boot, and the root stays read-only. shiv names the folder after the
-    file and its build id (shiv/bootstrap cache_path)."""
+    installed file and its build id (shiv/bootstrap cache_path)."""
     with zipfile.ZipFile(pyz) as archive:
         build_id = json.loads(archive.read("environment.json"))["build_id"]
-        target = tree / UNPACKED_SERVICE.lstrip("/") / f"{pyz.name}_{build_id}"
+        target = tree / UNPACKED_SERVICE.lstrip("/") / f"{installed.name}_{build_id}"
         members = [m for m in archive.namelist() if m.startswith("site-packages/")]
         archive.extractall(target, members)
+        _install_bootstrap(pyz, archive, installed)
     # Debian's python3 on the build host is the image's (3.11): the same
     # bytecode. Hash-based .pyc files do not depend on file times.
     _run(["/usr/bin/python3", "-m", "compileall", "-q", "-j", "0",
           "--invalidation-mode", "unchecked-hash", "-s", str(tree), "-p", "/",
           str(target)])  # fmt: skip
+
+
+def _install_bootstrap(pyz: Path, archive: zipfile.ZipFile, installed: Path) -> None:
+    """The pyz without its site-packages: the bootstrap finds them unpacked
+    under SHIV_ROOT and never reads its own copy, which would only add 17 MB
+    to each root slot. Members keep their dates and compression: two builds
+    give the same file."""
+    with open(pyz, "rb") as source:
+        shebang = source.readline()
+    with open(installed, "wb") as target:
+        target.write(shebang)
+        with zipfile.ZipFile(target, "w") as bootstrap:
+            for member in archive.infolist():
+                if not member.filename.startswith("site-packages/"):
+                    bootstrap.writestr(member, archive.read(member))
+    installed.chmod(0o755)
 
 
 def _lock_root(tree: Path) -> None:
@@ -369,13 +457,6 @@ def _lock_root(tree: Path) -> None:
             fields[1] = "*"
             lines[index] = ":".join(fields)
     shadow.write_text("\n".join(lines) + "\n")
-
-
-def _prune_modules(tree: Path) -> None:
-    for release in (tree / "lib/modules").iterdir():
-        for relative in UNUSED_MODULES:
-            shutil.rmtree(release / "kernel" / relative, ignore_errors=True)
-        _run(["chroot", str(tree), "depmod", release.name])
 
 
 def _kernel_files(tree: Path) -> tuple[Path, Path]:

@@ -6,6 +6,7 @@ without them the tests are skipped and say what is missing.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -39,14 +40,18 @@ def pyz_files() -> dict[str, Path]:
     if importlib.util.find_spec("shiv") is None:
         pytest.skip("shiv is not installed in the venv (make dist installs it)")
     stamp = OUT / "build" / "dist-inputs"
+    stamp.parent.mkdir(parents=True, exist_ok=True)
     digest = dist.inputs_digest()
     files = {arch: dist.pyz_path(OUT, arch) for arch in dist.ARCHES}
-    if not (
-        stamp.exists() and stamp.read_text() == digest and all(map(Path.exists, files.values()))
-    ):
-        for arch in dist.ARCHES:
-            dist.build(arch, OUT, OUT / "build" / "dist")
-        stamp.write_text(digest)
+    # One test session at a time rebuilds them: two would write one file at once.
+    with open(stamp.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (
+            stamp.exists() and stamp.read_text() == digest and all(map(Path.exists, files.values()))
+        ):
+            for arch in dist.ARCHES:
+                dist.build(arch, OUT, OUT / "build" / "dist")
+            stamp.write_text(digest)
     return files
 
 
@@ -63,3 +68,10 @@ def board_image(name: str, pyz_files) -> tuple[build.Board, Path]:
 @pytest.fixture(scope="session")
 def x86_64_image(pyz_files) -> tuple[build.Board, Path]:
     return board_image("x86_64", pyz_files)
+
+
+@pytest.fixture(scope="session")
+def arm64_image(pyz_files) -> tuple[build.Board, Path]:
+    # The arm64 packages' maintainer scripts run under qemu-user through binfmt_misc.
+    require("qemu-aarch64-static", "update-binfmts")
+    return board_image("arm64", pyz_files)
