@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import uvloop
 
-from appliance import config, tls
+from appliance import __version__, config, tls
 from appliance.config import Settings
 from appliance.imap.server import ImapContext, ImapSession
 from appliance.login import LoginGuard
@@ -30,6 +30,7 @@ from appliance.smtp.abuse import ClientLedger, ClientLookups
 from appliance.smtp.server import SmtpContext, SmtpSession
 from appliance.smtp.submission import SubmissionSession
 from appliance.store import Store, open_store
+from appliance.update.settings import on_trial
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class Service:
         self.web = None  # the pages' WebContext once the http listeners are up
         self._web_runner = None
         self._stop = asyncio.Event()
+        self._migrating: asyncio.Task | None = None
 
     # Listener name -> (session factory, implicit TLS). Names absent here are
     # reported and skipped: this version does not serve them yet.
@@ -130,7 +132,9 @@ class Service:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        self.store = open_store(self.settings.data_dir, self.settings.store)
+        data = self.settings.data_dir
+        migrate = not on_trial(data, __version__)
+        self.store = open_store(data, self.settings.store, incompatible_migrations=migrate)
         self.store.on_change = self.mailbox_watch.changed
         self.store.start()
         self.logins = LoginGuard(self.store, self.settings.login)
@@ -242,6 +246,17 @@ class Service:
             log.error("reload failed, keeping the running settings error=%s", error)
             return
         log.info("reloaded settings and certificates")
+        self._finish_migrations()
+
+    def _finish_migrations(self) -> None:
+        """The store's migrations held back while this version was on trial, once it
+        booted good: appliance-booted.service sends SIGHUP after recording that.
+        A reload rather than a restart, so no session is cut (store/schema.py)."""
+        if not self.store.pending_migrations() or on_trial(self.settings.data_dir, __version__):
+            return
+        task = asyncio.get_running_loop().create_task(self.store.finish_migrations())
+        self._migrating = task  # held: the loop keeps only a weak reference
+        task.add_done_callback(_log_migrations)
 
     async def _shutdown(self) -> None:
         for server in self._servers:
@@ -259,6 +274,15 @@ class Service:
             if late:
                 log.warning("sessions cut off at shutdown count=%d", len(late))
                 await asyncio.wait(late, timeout=5)
+
+
+def _log_migrations(task: asyncio.Task) -> None:
+    if task.cancelled():
+        return
+    if task.exception() is not None:
+        log.error("schema migration failed, the store is unchanged error=%s", task.exception())
+    else:
+        log.info("schema migrated found=%d", task.result())
 
 
 def _checker(settings: Settings):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import logging
 import os
 import queue
@@ -131,7 +132,14 @@ _STOP = object()
 
 
 class Store:
-    def __init__(self, path: Path, settings: StoreSettings = StoreSettings()):
+    def __init__(
+        self,
+        path: Path,
+        settings: StoreSettings = StoreSettings(),
+        incompatible_migrations: bool = False,
+    ):
+        """Open (or create) the store and run its migrations: the incompatible
+        ones only when asked, never while an update is on trial (schema.py)."""
         self.path = Path(path)
         self.settings = settings
         self.path.mkdir(parents=True, exist_ok=True)
@@ -150,7 +158,7 @@ class Store:
         self._streamed = 0  # see streamed()
         with self._env.begin(write=True) as txn:
             self._dbs = {name: self._env.open_db(name.encode(), txn=txn) for name in DATABASES}
-        self.apply(schema.upgrade)
+        self.apply(functools.partial(schema.upgrade, incompatible=incompatible_migrations))
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         # Synced commits made by the writer thread, and the operations they held:
@@ -303,6 +311,16 @@ class Store:
                 raise
         return outcomes
 
+    # -- schema ----------------------------------------------------------------------
+
+    def pending_migrations(self) -> int:
+        """Migrations held back (incompatible ones, while an update was on trial)."""
+        return self.read(schema.pending)
+
+    async def finish_migrations(self) -> int:
+        """Run the held-back migrations in the writer thread; return the version found."""
+        return await self.submit(functools.partial(schema.upgrade, incompatible=True))
+
     # -- maintenance -----------------------------------------------------------------
 
     def copy(self, destination: Path) -> None:
@@ -365,5 +383,7 @@ def _settle(future: asyncio.Future, ok: bool, value: object) -> None:
         future.set_exception(value)
 
 
-def open_store(data_dir: Path, settings: StoreSettings = StoreSettings()) -> Store:
-    return Store(Path(data_dir) / "store", settings)
+def open_store(
+    data_dir: Path, settings: StoreSettings = StoreSettings(), incompatible_migrations: bool = False
+) -> Store:
+    return Store(Path(data_dir) / "store", settings, incompatible_migrations)

@@ -50,12 +50,10 @@ from appliance.update.bundle import (
     Verified,
     version_key,
 )
-from appliance.update.settings import UpdateSettings
+from appliance.update.settings import STATE_DIR, STATE_FILE, UpdateSettings
 
 log = logging.getLogger("appliance.update")
 
-STATE_DIR = "update"  # under the data directory
-STATE_FILE = "state.json"
 # Where the service hands a checked bundle to the root installer (handoff.py).
 INCOMING_DIR = "update-incoming"
 INCOMING_BUNDLE = "bundle"

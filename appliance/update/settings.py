@@ -12,6 +12,7 @@ appliance.config reads every table when any command starts.
 
 from __future__ import annotations
 
+import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,10 @@ _ROOT_SPELLINGS = {"/dev/disk/by-partlabel/": "PARTLABEL=", "/dev/disk/by-partuu
 
 
 HANDOFF_CHOICES = ("auto", "always")
+
+# What the installer (root) records of updates, readable by the service (install.py).
+STATE_DIR = "update"  # under the data directory
+STATE_FILE = "state.json"
 
 
 def _default_board() -> str:
@@ -95,3 +100,20 @@ class UpdateSettings:
 
     def entries_dir(self) -> Path:
         return self.esp / self.entries
+
+
+def on_trial(data_dir: Path, running_version: str) -> bool:
+    """Whether running_version came by an update that has not yet booted good.
+
+    Here rather than in install.py so that the service can ask at start without
+    loading the update code: the store holds back its incompatible migrations
+    while this is true (appliance/store/schema.py). A state it cannot read
+    counts as a trial: holding a migration back is the side that loses nothing."""
+    path = Path(data_dir) / STATE_DIR / STATE_FILE
+    try:
+        last = json.loads(path.read_text()).get("last") or {}
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, AttributeError):
+        return True
+    return last.get("result") == "installed" and last.get("version") == running_version

@@ -221,7 +221,8 @@ def test_a_map_grown_by_another_process_is_adopted(tmp_path):
 
 def test_newer_schema_is_refused(tmp_path):
     store = open_store(tmp_path)
-    store.apply(lambda txn: txn.set_meta("schema", schema.CURRENT_VERSION + 1))
+    newer = schema.CURRENT_VERSION + 1
+    store.apply(lambda txn: (txn.set_meta("schema", newer), txn.set_meta("compatible_from", newer)))
     store.close()
     with pytest.raises(SchemaTooNew):
         open_store(tmp_path)
@@ -233,8 +234,9 @@ def test_migrations_run_forward_in_order(tmp_path, monkeypatch):
     ran = []
     current = schema.CURRENT_VERSION
     monkeypatch.setattr(schema, "CURRENT_VERSION", current + 2)
-    monkeypatch.setitem(schema.MIGRATIONS, current, lambda txn: ran.append(current))
-    monkeypatch.setitem(schema.MIGRATIONS, current + 1, lambda txn: ran.append(current + 1))
+    for version in (current, current + 1):
+        migration = schema.Migration(lambda txn, v=version: ran.append(v), compatible=True)
+        monkeypatch.setitem(schema.MIGRATIONS, version, migration)
     store = open_store(tmp_path)
     assert ran == [current, current + 1]
     assert store.read(lambda txn: txn.meta("schema")) == current + 2
