@@ -165,6 +165,8 @@ UNITS_ENABLED = [
     "appliance-bootlog.service",
     "appliance-slot.service",
     "appliance-blessed.service",
+    "appliance-update.path",
+    "appliance-booted.service",
     "systemd-networkd.service",
     "systemd-resolved.service",
     "systemd-timesyncd.service",
