@@ -101,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_update_booted)
     p = update.add_parser("status", help="the running slot, the last update, a rollback")
     p.set_defaults(run=_update_status)
+    p = update.add_parser("check", help="what the signed update index ([update] url) offers")
+    p.set_defaults(run=_update_check)
     p = update.add_parser("keygen", help="make a signing key pair (KEY and KEY.pub)")
     p.add_argument("key", metavar="KEY")
     p.set_defaults(run=_update_keygen)
@@ -430,6 +432,28 @@ def _update_status(args) -> int:
         tries = "good" if entry.tries_left is None else f"{entry.tries_left} tries left"
         print(f"slot {slot}: {entry.path.name} ({tries})")
     print(found.summary)
+    return 0
+
+
+def _update_check(args) -> int:
+    import asyncio
+
+    import aiohttp
+
+    from appliance.update import index
+
+    settings = config.load(config.data_dir_from(args.data))
+    try:
+        offers, newest = asyncio.run(index.check(settings.update, settings.data_dir))
+    except (ValueError, OSError, aiohttp.ClientError) as error:  # OSError: timeouts too
+        raise UsageError(f"update check failed: {error or type(error).__name__}") from None
+    for offer in offers:
+        print(f"offered: {offer.version} for {offer.product} {offer.board}: {offer.url}")
+    if newest is None:
+        print(f"nothing newer for this box: it runs {__version__}")
+    else:
+        print(f"available: {newest.version} ({newest.size} bytes): {newest.url}")
+        print(f"install it with: appliance update install {newest.url}")
     return 0
 
 

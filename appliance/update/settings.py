@@ -16,6 +16,7 @@ import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 # The boards the image is built for, by what the kernel calls the machine.
 _BOARD_OF_MACHINE = {"x86_64": "x86_64", "aarch64": "arm64"}
@@ -24,6 +25,7 @@ _ROOT_SPELLINGS = {"/dev/disk/by-partlabel/": "PARTLABEL=", "/dev/disk/by-partuu
 
 
 HANDOFF_CHOICES = ("auto", "always")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 # What the installer (root) records of updates, readable by the service (install.py).
 STATE_DIR = "update"  # under the data directory
@@ -64,6 +66,17 @@ class UpdateSettings:
     handoff: str = "auto"
     # How the box restarts into a new slot: at once, or at a time the owner
     # picked ({time} is HH:MM, which shutdown(8) takes).
+    # The update check (issue 9 point 6), off while url is empty: the signed
+    # index of bundles (update/index.py). HTTPS, or HTTP to a loopback host
+    # (tests, or a proxy on the box itself): the index's signature is what is
+    # trusted, but HTTPS keeps who checks for what private.
+    url: str = ""
+    # Seconds between checks (daily), give or take up to check_jitter, so that
+    # boxes started together do not all ask the server in the same second.
+    check_interval: float = 86400.0
+    check_jitter: float = 3600.0
+    # Seconds one fetch of the index may take, connecting included.
+    check_timeout: float = 30.0
     reboot_command: tuple[str, ...] = ("systemctl", "reboot")
     scheduled_reboot_command: tuple[str, ...] = ("shutdown", "-r", "{time}")
 
@@ -80,6 +93,10 @@ class UpdateSettings:
             raise ValueError("update.tries: 1 to 9 boot tries")
         if self.chunk_size < 4096 or self.download_timeout <= 0:
             raise ValueError("update: chunk_size of at least 4096, a positive download_timeout")
+        if self.url and not index_url_allowed(self.url):
+            raise ValueError("update.url: an https:// URL (http:// only to a loopback host)")
+        if self.check_interval < 60 or self.check_jitter < 0 or self.check_timeout <= 0:
+            raise ValueError("update: check_interval of at least 60 s, check_jitter >= 0")
 
     @property
     def slots(self) -> dict[str, str]:
@@ -100,6 +117,13 @@ class UpdateSettings:
 
     def entries_dir(self) -> Path:
         return self.esp / self.entries
+
+
+def index_url_allowed(url: str) -> bool:
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return True
+    return parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS
 
 
 def on_trial(data_dir: Path, running_version: str) -> bool:
