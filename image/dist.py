@@ -95,8 +95,12 @@ def build(arch: str, out: Path, work: Path) -> Path:
     # --extend-pythonpath: the service runs parts of itself as `python3 -m`
     # subprocesses (appliance.tls makes its key that way), which must import
     # from the unpacked zipapp too.
+    # Written beside its final name and renamed: an image build reading the
+    # pyz never sees half of one.
+    partial = pyz.with_name(pyz.name + ".partial")
     _run([str(shiv), "--site-packages", str(site), "-e", ENTRY_POINT, "-p", INTERPRETER,
-          "--extend-pythonpath", "--reproducible", "-o", str(pyz)], env=env)  # fmt: skip
+          "--extend-pythonpath", "--reproducible", "-o", str(partial)], env=env)  # fmt: skip
+    os.replace(partial, pyz)
     return pyz
 
 
