@@ -397,10 +397,12 @@ def _update_install(args) -> int:
 
 
 def _update_install_incoming(args) -> int:
+    from appliance.service import setup_logging
     from appliance.update import handoff, install
     from appliance.update.bundle import BundleError
     from appliance.update.keys import KeyringError
 
+    setup_logging()  # the installer's steps go to the journal, as the service's do
     settings = config.load(config.data_dir_from(args.data))
     try:
         done = handoff.install_incoming(settings.update, settings.data_dir)
@@ -412,8 +414,10 @@ def _update_install_incoming(args) -> int:
 
 
 def _update_booted(args) -> int:
+    from appliance.service import setup_logging
     from appliance.update import install
 
+    setup_logging()
     settings = config.load(config.data_dir_from(args.data))
     recorded = install.record_boot(settings.update, settings.data_dir)
     if recorded is not None:
