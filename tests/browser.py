@@ -71,8 +71,8 @@ VIEWPORTS = {
     "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True},
     "desktop": {"viewport": {"width": 1280, "height": 800}},
 }
-# axe-core's impact levels are minor, moderate, serious and critical; issue 8
-# asks for no serious or critical violation on any page.
+# axe-core's impact levels are minor, moderate, serious and critical; no page
+# may have a serious or critical violation.
 BLOCKING_IMPACTS = ("serious", "critical")
 SCREENSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 

@@ -13,7 +13,7 @@ the reader clicks "load remote content". Messages marked `remote` ask for
 remote content in a way that is legitimate once allowed (a background
 image); before that they must stay silent like every other.
 
-Kinds, as issue 11 lists them: script tags, event handlers, javascript:
+Kinds: script tags, event handlers, javascript:
 and data: URLs, SVG with script, CSS expressions and @import, meta
 refresh, base href, forms posting elsewhere, nested iframes, malformed tags
 that trick parsers, payloads encoded in quoted-printable and base64 (and

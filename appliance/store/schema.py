@@ -4,7 +4,7 @@ A migration takes a write Transaction at version N and leaves it at N + 1.
 The pending migrations run in one transaction, so a crash part way leaves
 the old version intact.
 
-Rollback (issue 9, point 5): after an update the new version runs on trial,
+Rollback: after an update the new version runs on trial,
 and the boot loader may go back to the old version at any moment, with the
 mail that arrived in between in the store. So the old version must still
 open the store the new one left, and each migration says whether it lets it:

@@ -1,4 +1,4 @@
-"""The update check (issue 9, point 6): a signed index of the bundles on offer.
+"""The update check: a signed index of the bundles on offer.
 
 The index is a small JSON document, signed with a key of the same keyring
 as bundles (keys.py), so whoever can serve or alter it can at most hide an

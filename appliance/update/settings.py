@@ -66,7 +66,7 @@ class UpdateSettings:
     handoff: str = "auto"
     # How the box restarts into a new slot: at once, or at a time the owner
     # picked ({time} is HH:MM, which shutdown(8) takes).
-    # The update check (issue 9 point 6), off while url is empty: the signed
+    # The update check, off while url is empty: the signed
     # index of bundles (update/index.py). HTTPS, or HTTP to a loopback host
     # (tests, or a proxy on the box itself): the index's signature is what is
     # trusted, but HTTPS keeps who checks for what private.

@@ -1,4 +1,4 @@
-"""The delivery self-test: "is my mail working?", one step at a time (issue 8, point 4).
+"""The delivery self-test: "is my mail working?", one step at a time.
 
 run_selftest(inputs) follows the path a message from outside takes to the
 owner's mailbox, then checks the two things that outgoing mail needs:

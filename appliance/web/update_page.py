@@ -10,7 +10,7 @@ first field, then the reboot choice, then the file; this handler checks the
 token before it reads a byte of the bundle: app.py's CSRF rule cannot read
 the form first without taking the whole upload in (STREAMED_UPLOADS).
 
-The daily update check (issue 9 point 6, off while [update] url is empty)
+The daily update check (off while [update] url is empty)
 runs here, beside the page that shows its offer: an Install button has the
 box download the offered bundle from its URL and feed it through the same
 checked path as an upload.

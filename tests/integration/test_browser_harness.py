@@ -27,7 +27,7 @@ from tests.browser import (
 )
 from tests.conftest import free_port
 
-# What the box's pages will send (issue 8): no inline script, no outside source.
+# What the box's pages send: no inline script, no outside source.
 STRICT_CSP = "default-src 'self'; script-src 'self'; style-src 'self'; frame-ancestors 'none'"
 SERVER_STOP_TIMEOUT = 5.0
 TALL_PAGE_HEIGHT = 2000  # CSS pixels, well below the fold of any viewport

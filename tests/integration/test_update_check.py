@@ -1,5 +1,5 @@
-"""The daily update check against a loopback web server serving a signed index
-(issue 9, point 6): the admin page offers the newer version, and its Install
+"""The daily update check against a loopback web server serving a signed
+index: the admin page offers the newer version, and its Install
 button downloads the bundle and installs it into the (fake) other slot.
 
 The index is served over plain HTTP: [update] url takes http:// for a

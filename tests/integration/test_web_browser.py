@@ -1,4 +1,4 @@
-"""End to end in a real browser (issue 8): a fresh box is set up, administered and used.
+"""End to end in a real browser: a fresh box is set up, administered and used.
 
 The owner opens the box's web page with nothing configured, types the setup
 code the box printed on its console, names the box and its first domain,

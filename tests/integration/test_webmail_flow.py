@@ -1,4 +1,4 @@
-"""Webmail from end to end in chromium, as issue 11's first "how it is shown" asks.
+"""Webmail from end to end in chromium, as two people use it.
 
 Two people of one box, ann and bob, each in a browser context of their own:
 ann reads a plain and an HTML message and opens an attachment (all

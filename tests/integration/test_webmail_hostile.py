@@ -1,4 +1,4 @@
-"""Hostile mail opened in webmail (issue 11, point 5): nothing runs, nothing is fetched.
+"""Hostile mail opened in webmail: nothing runs, nothing is fetched.
 
 The corpus (tests/hostile_html.py, 40 messages) arrives over SMTP from a
 stranger. Each payload, if it worked, would ask the test's beacon for

@@ -1,4 +1,4 @@
-"""Reading mail in the browser (issue 11, points 2, 3, 6, 7), over real sockets.
+"""Reading mail in the browser, over real sockets.
 
 One box for the module, set up through its setup page. Each test makes its
 own accounts (through the CLI, as an administrator would) so that what one

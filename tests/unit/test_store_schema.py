@@ -1,4 +1,4 @@
-"""The store's schema across an update and its rollback (issue 9, point 5).
+"""The store's schema across an update and its rollback.
 
 Versions are played by monkeypatching schema.CURRENT_VERSION and
 schema.MIGRATIONS: "version 1" is the appliance that knows schema 1 and no

@@ -1,4 +1,4 @@
-"""The signed update index (issue 9, point 6) with bytes: what the box trusts
+"""The signed update index with bytes: what the box trusts
 and which offer it keeps."""
 
 from __future__ import annotations

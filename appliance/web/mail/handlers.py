@@ -47,7 +47,7 @@ from appliance.web.mail.sanitize import (
 from appliance.web.mail.state import STATE, MailState, read_listing, state
 from appliance.web.pages import CONTEXT, audit, context, load_templates, notice, redirect, render
 
-PAGE_SIZE = 50  # messages per page of a list (issue 11)
+PAGE_SIZE = 50  # messages per page of a list
 # Compiled when the service starts: compiling them took the first list page
 # after a start some 25 ms, half its budget (bench/webmail).
 TEMPLATES = ("base.html", "mail/mailbox.html", "mail/_folders.html", "mail/message.html")
