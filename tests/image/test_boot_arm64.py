@@ -10,19 +10,13 @@ are several times slower than for x86_64 on this machine.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 
-from tests.conftest import REPO, free_port
+from tests.image.owner import SETUP_CODE, SMTP, start_vm
+from tests.image.test_boot import copy_disk
 
-sys.path.insert(0, str(REPO / "image"))
-import qemu  # noqa: E402
+import qemu  # image/, on the path once tests.image.owner is imported
 
-SMTP = 25
-# The disk the box is "written to": larger than the image, so that first
-# boot has room to grow the data partition into.
-DISK_SIZE = 2 << 30
 # Power-on to the SMTP banner on the first boot under TCG (an arm64 guest on
 # an x86 host): 196 s seen on a quiet machine, 443 s on one busy with other
 # emulators; twice that is the bound.
@@ -30,18 +24,14 @@ FIRST_BOOT_TIMEOUT = 900.0
 # The setup code is printed by first boot before the banner; this is only
 # how long the console file may lag behind the network.
 SETUP_CODE_TIMEOUT = 120.0
-SETUP_CODE = r"Setup code: ([2-9A-Z]{4}-[2-9A-Z]{4}-[2-9A-Z]{4})"
 
 
 def test_first_boot_answers_smtp_and_shows_the_setup_code(arm64_image, tmp_path):
     board, image = arm64_image
     disk = tmp_path / "disk.img"
-    subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True)
-    with open(disk, "r+b") as f:
-        f.truncate(DISK_SIZE)
-    vm = qemu.Vm(board, disk, tmp_path / "vm", {SMTP: free_port()})
+    copy_disk(image, disk)
     started = time.monotonic()
-    vm.start()
+    vm = start_vm(board, disk, tmp_path / "vm")
     try:
         greeting = vm.wait_for_banner(SMTP, FIRST_BOOT_TIMEOUT)
         seconds = time.monotonic() - started
