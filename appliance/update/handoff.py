@@ -19,7 +19,6 @@ trusted key (appliance-firstboot.service makes it root's, mode 0755).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -83,7 +82,7 @@ class Handed:
     reboot: str | None
 
 
-class Handoff:
+class Handoff(install.BundleReceiver):
     """Install's interface (feed, finish, received, total) for the hand-off:
     the bundle checked on its way to the incoming file, never whole in memory."""
 
@@ -103,7 +102,9 @@ class Handoff:
         self.keyring = install.keyring(settings, data_dir)
         self.reader = BundleReader(self.keyring)
         self.partial = self.directory / (INCOMING_BUNDLE + install.PARTIAL_SUFFIX)
-        self._lock = _take_lock(self.directory / RECEIVE_LOCK)
+        self._lock = install.take_lock(
+            self.directory / RECEIVE_LOCK, "another update is being uploaded right now"
+        )
         try:
             if (self.directory / INCOMING_BUNDLE).exists():
                 raise InstallError("another update waits for the installer; try again in a minute")
@@ -113,9 +114,6 @@ class Handoff:
             os.close(self._lock)
             raise
 
-    def __enter__(self) -> Handoff:
-        return self
-
     def __exit__(self, kind, error, trace) -> None:
         try:
             self._file.close()
@@ -124,14 +122,6 @@ class Handoff:
                 log.info("update result=refused reason=%s", str(error) or kind.__name__)
         finally:
             os.close(self._lock)
-
-    @property
-    def total(self) -> int | None:
-        return self.reader.expected_size
-
-    @property
-    def received(self) -> int:
-        return self.reader.received
 
     def feed(self, data: bytes | memoryview) -> None:
         """The piece is checked (and counted into its part's hash) before it is kept."""
@@ -232,13 +222,3 @@ def restart(settings: UpdateSettings, reboot: str | None) -> None:
         command = [word.format(time=reboot) for word in settings.scheduled_reboot_command]
     log.info("update reboot=%s", reboot)
     subprocess.run(command, check=True, timeout=RESTART_TIMEOUT)
-
-
-def _take_lock(path: Path) -> int:
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        raise InstallError("another update is being uploaded right now") from None
-    return descriptor

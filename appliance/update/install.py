@@ -210,7 +210,26 @@ class Installed:
     key_id: str
 
 
-class Installation:
+class BundleReceiver:
+    """What an upload is fed to (an Installation, or the service's Handoff):
+    a bundle reader, and the lock its subclass holds while it runs."""
+
+    reader: BundleReader
+
+    def __enter__(self):
+        return self
+
+    @property
+    def total(self) -> int | None:
+        """The bundle's size, once its manifest is verified."""
+        return self.reader.expected_size
+
+    @property
+    def received(self) -> int:
+        return self.reader.received
+
+
+class Installation(BundleReceiver):
     """Feed it a bundle's bytes in pieces of any size; finish() marks the slot.
 
     Use it as a context manager: leaving it with an exception records the
@@ -229,7 +248,9 @@ class Installation:
         self.reboot = reboot  # what finish() records the owner chose: see reboot_choice
         state_dir(data_dir).mkdir(parents=True, exist_ok=True)
         check_private(state_dir(data_dir))
-        self._lock = _take_lock(state_dir(data_dir) / LOCK_FILE)
+        self._lock = take_lock(
+            state_dir(data_dir) / LOCK_FILE, "another update is being installed right now"
+        )
         self.keyring = keyring(settings, data_dir)
         self.reader = BundleReader(self.keyring)
         self.slot = ""
@@ -239,24 +260,12 @@ class Installation:
         self._boot_files: dict[str, Path] = {}  # part name -> partial file
         self._open_file = None
 
-    def __enter__(self) -> Installation:
-        return self
-
     def __exit__(self, kind, error, trace) -> None:
         try:
             if error is not None:
                 self._abandon(str(error) or kind.__name__)
         finally:
             os.close(self._lock)
-
-    @property
-    def total(self) -> int | None:
-        """The bundle's size, once its manifest is verified."""
-        return self.reader.expected_size
-
-    @property
-    def received(self) -> int:
-        return self.reader.received
 
     def feed(self, data: bytes | memoryview) -> None:
         for event in self.reader.feed(data):
@@ -405,13 +414,16 @@ def _boot_id() -> str:
         return ""
 
 
-def _take_lock(path: Path) -> int:
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def take_lock(path: Path, busy: str) -> int:
+    """The lock at path, held until its descriptor is closed; InstallError(busy)
+    when another process holds it. A link is not followed: the incoming folder
+    belongs to user mail."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(descriptor)
-        raise InstallError("another update is being installed right now") from None
+        raise InstallError(busy) from None
     return descriptor
 
 
