@@ -82,17 +82,6 @@ def payload_offset(bundle: bytes) -> int:
     return HEADER.size + HEADER.unpack(bundle[: HEADER.size])[2] + SIGNATURE_BLOCK
 
 
-@pytest.fixture
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
-@pytest.fixture
-def keyring(tmp_path, key) -> keys.Keyring:
-    trust(tmp_path / "trusted", key)
-    return keys.Keyring(tmp_path / "trusted", tmp_path / "state")
-
-
 def read_all(keyring: keys.Keyring, data: bytes, chunk: int | None = None):
     """Every event of reading data in pieces of chunk bytes, then finish()."""
     reader = BundleReader(keyring)

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.update import index, install, keys
 from appliance.update.settings import UpdateSettings
-from tests.unit.test_update_bundle import BOARD, PRODUCT, trust
+from tests.unit.test_update_bundle import BOARD, PRODUCT
 
 INDEX_URL = "https://updates.example.net/stable/index.json"
 SETTINGS = UpdateSettings(product=PRODUCT, board=BOARD)
@@ -19,17 +19,6 @@ SETTINGS = UpdateSettings(product=PRODUCT, board=BOARD)
 def offer(version: str, board: str = BOARD, product: str = PRODUCT, url: str = "") -> index.Offer:
     name = url or f"appliance-{version}-{board}.bundle"
     return index.Offer(product, board, version, name, 1000, "ab" * 32)
-
-
-@pytest.fixture
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
-@pytest.fixture
-def keyring(tmp_path, key) -> keys.Keyring:
-    trust(tmp_path / "trusted", key)
-    return keys.Keyring(tmp_path / "trusted", tmp_path / "state")
 
 
 def test_a_signed_index_is_read_with_urls_resolved_against_it(key, keyring):
