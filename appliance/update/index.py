@@ -159,10 +159,14 @@ async def fetch(url: str, timeout: float) -> bytes:
     async with aiohttp.ClientSession(timeout=limit) as client, client.get(url) as response:
         if response.status != 200:
             raise UpdateIndexError(f"{url}: HTTP {response.status}")
-        data = await response.content.read(INDEX_LIMIT + 1)
-    if len(data) > INDEX_LIMIT:
-        raise UpdateIndexError(f"{url}: more than {INDEX_LIMIT} bytes, not an update index")
-    return data
+        # read(n) gives what has arrived, up to n: an index sent in several
+        # packets is read to its end, and no further than the limit.
+        data = bytearray()
+        async for chunk in response.content.iter_any():
+            data += chunk
+            if len(data) > INDEX_LIMIT:
+                raise UpdateIndexError(f"{url}: more than {INDEX_LIMIT} bytes, not an update index")
+    return bytes(data)
 
 
 async def check(

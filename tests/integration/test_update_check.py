@@ -8,6 +8,7 @@ loopback host only (UpdateSettings), https:// for anything else.
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import threading
 import time
@@ -163,3 +164,14 @@ def test_the_cli_prints_what_the_index_offers(tmp_path: Path, served):
         assert "update check failed: bad signature" in refused.stderr
     finally:
         box.app.stop()
+
+
+def test_an_index_is_read_to_its_end_and_no_further_than_the_limit(served):
+    """A large index arrives in many packets: all of it is read; one byte over
+    the limit is refused before more is taken."""
+    large = b'{"padding": "' + b"x" * (index.INDEX_LIMIT - 100) + b'"}'
+    served.files["/large.json"] = large
+    served.files["/huge.json"] = b" " * (index.INDEX_LIMIT + 1)
+    assert asyncio.run(index.fetch(f"{served.url}/large.json", 30)) == large
+    with pytest.raises(index.UpdateIndexError, match=f"more than {index.INDEX_LIMIT} bytes"):
+        asyncio.run(index.fetch(f"{served.url}/huge.json", 30))
