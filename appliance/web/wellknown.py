@@ -60,7 +60,13 @@ async def thunderbird(request: web.Request) -> web.Response:
 
 
 async def outlook(request: web.Request) -> web.Response:
-    body = await request.content.read(autoconfig.MAX_AUTODISCOVER_REQUEST + 1)
+    # read(n) gives what has arrived: a request sent in several packets is
+    # read to its end, or to one byte past the bound (then refused).
+    body = bytearray()
+    limit = autoconfig.MAX_AUTODISCOVER_REQUEST + 1
+    while len(body) < limit and (chunk := await request.content.read(limit - len(body))):
+        body += chunk
+    body = bytes(body)
     settings = context(request).settings
     try:
         address = autoconfig.autodiscover_address(body)

@@ -7,6 +7,7 @@ listens: mail forwarded there waits in the queue for the queue page to act on.
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import re
@@ -372,3 +373,20 @@ def test_the_mta_sts_policy_is_served_over_https_at_mta_sts_domain(box):
     assert lines[:3] == ["version: STSv1", "mode: testing", f"mx: {HOSTNAME}"]
     assert re.fullmatch(r"max_age: \d+", lines[3])
     assert (unknown.status, plain.status) == (404, 404)
+
+
+def test_an_autodiscover_request_sent_in_two_packets_is_read_whole(box):
+    async def in_two_parts():
+        yield AUTODISCOVER_REQUEST[:100]
+        await asyncio.sleep(0.3)  # the second part comes in a packet of its own
+        yield AUTODISCOVER_REQUEST[100:]
+
+    with Browser(box.https_url) as client:
+        page = client.post(
+            "/autodiscover/autodiscover.xml",
+            data=in_two_parts(),
+            headers={"Content-Type": "text/xml"},
+        )
+    assert page.status == 200, page.text
+    servers = ET.fromstring(page.body).iter(f"{AUTODISCOVER_NS}Server")
+    assert HOSTNAME in [server.text for server in servers]
